@@ -1,0 +1,99 @@
+"""ResNet backbone, Paddle variant 'b' (the torchvision layout), with frozen batch norm.
+
+Variant 'b': the stride sits on the 3x3 conv of the bottleneck and the first block of every stage has a projection
+shortcut (1x1 conv + BN). Names follow PaddleDetection (`conv1`, `res2a.branch2a.conv`, ...) so that converting a
+checkpoint is a table lookup. The stem and stages up to `freeze_at` keep their weights in the 'frozen' collection.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from fcos_jax.model.layers import ConvNorm
+
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def block_name(stage, index, count):
+  """Paddle's block names: res4a, res4b, ... or res4a, res4b1, res4b2, ... for long stages (ResNet-101)."""
+  if count > 10 and stage == 4:
+    return f'res{stage}a' if index == 0 else f'res{stage}b{index}'
+  return f'res{stage}{chr(ord("a") + index)}'
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 (stride) -> 1x1 (x4 channels), projection shortcut when `project`."""
+  width: int
+  stride: int
+  project: bool
+  frozen: bool
+  deformable: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(frozen=self.frozen, dtype=self.dtype)
+    y = nn.relu(ConvNorm(self.width, 1, name='branch2a', **kw)(x))
+    y = nn.relu(ConvNorm(self.width, 3, self.stride, deformable=self.deformable, name='branch2b', **kw)(y))
+    y = ConvNorm(self.width * 4, 1, name='branch2c', **kw)(y)
+    short = ConvNorm(self.width * 4, 1, self.stride, name='short', **kw)(x) if self.project else x
+    return nn.relu(y + short)
+
+
+class BasicBlock(nn.Module):
+  """3x3 (stride) -> 3x3, projection shortcut when `project` (ResNet-18/34)."""
+  width: int
+  stride: int
+  project: bool
+  frozen: bool
+  deformable: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(frozen=self.frozen, dtype=self.dtype)
+    y = nn.relu(ConvNorm(self.width, 3, self.stride, name='branch2a', **kw)(x))
+    y = ConvNorm(self.width, 3, deformable=self.deformable, name='branch2b', **kw)(y)
+    short = ConvNorm(self.width, 1, self.stride, name='short', **kw)(x) if self.project else x
+    return nn.relu(y + short)
+
+
+class ResNet(nn.Module):
+  """ResNet returning C3, C4, C5 (strides 8, 16, 32).
+
+  `freeze_at`: -1 freezes only BN; 0 also the stem and res2; k the stem and res2..res{k+2}. Gradients are cut
+  below the last frozen stage, since nothing there can be trained.
+  """
+  depth: int = 50
+  stem_width: int = 64
+  freeze_at: int = 0
+  dcn_stages: Sequence[int] = ()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    """x [N, H, W, 3] normalised image -> (C3, C4, C5)."""
+    if self.depth not in STAGE_BLOCKS:
+      raise ValueError(f'ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}')
+    bottleneck = self.depth >= 50
+    block_cls = BottleneckBlock if bottleneck else BasicBlock
+    stem_frozen = self.freeze_at >= 0
+    x = nn.relu(ConvNorm(self.stem_width, 7, 2, frozen=stem_frozen, dtype=self.dtype, name='conv1')(x))
+    x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    if stem_frozen:
+      x = lax.stop_gradient(x)
+    outputs = []
+    for i, count in enumerate(STAGE_BLOCKS[self.depth]):
+      stage = i + 2
+      frozen = stage - 2 <= self.freeze_at
+      for b in range(count):
+        x = block_cls(
+            width=self.stem_width * 2**i, stride=2 if b == 0 and stage > 2 else 1, project=b == 0, frozen=frozen,
+            deformable=stage in self.dcn_stages, dtype=self.dtype, name=block_name(stage, b, count))(x)
+      if frozen:
+        x = lax.stop_gradient(x)
+      if stage >= 3:
+        outputs.append(x)
+    return tuple(outputs)

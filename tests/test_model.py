@@ -1,0 +1,121 @@
+"""Model: output shapes, parameter count, frozen structure, conv padding semantics, one trace per shape."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.default import get_config
+from fcos_jax import locations
+from fcos_jax.model import fcos
+from fcos_jax.model.layers import Conv2d, FrozenBatchNorm
+
+
+def tiny_model_config(**kw):
+  m = get_config().model
+  m.update(dict(depth=18, stem_width=8, fpn_channels=16, head_convs=2, gn_groups=4, num_classes=3))
+  m.update(kw)
+  return m
+
+
+def test_r50_parameter_count_and_output_shapes():
+  model = fcos.build_model(get_config().model)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+  assert fcos.count_parameters(variables) == 32_297_370  # Paddle's R50 FCOS, BN running stats excluded.
+  out = jax.eval_shape(model.apply, variables, jnp.zeros((2, 896, 1408, 3)))
+  assert out['cls_logits'].shape == (2, 26_257, 80)
+  assert out['reg'].shape == (2, 26_257, 4)
+  assert out['ctr_logits'].shape == (2, 26_257)
+  assert len(locations.make_points((896, 1408), (8, 16, 32, 64, 128), (64, 128, 256, 512)).xy) == 26_257
+
+
+def test_frozen_collection_holds_stem_res2_and_every_bn():
+  model = fcos.build_model(get_config().model)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+  paths = lambda tree: {'/'.join(k.key for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}  # noqa
+  frozen, params = paths(variables['frozen']), paths(variables['params'])
+  assert 'backbone/conv1/conv/kernel' in frozen and 'backbone/res2a/short/conv/kernel' in frozen
+  assert all('/norm/' not in p or p.startswith('fcos_head') for p in params)  # Only the head's GroupNorm trains.
+  assert not any(p.startswith(('backbone/conv1', 'backbone/res2')) for p in params)
+  assert 'backbone/res3a/branch2b/conv/kernel' in params
+  assert {p.rsplit('/', 1)[1] for p in frozen if '/norm/' in p} == {'scale', 'bias', 'mean', 'var'}
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = fcos.build_model(tiny_model_config())
+  return model, fcos.init_variables(model, 0)
+
+
+def test_tiny_model_gradients_reach_trainable_not_frozen(tiny):
+  model, variables = tiny
+  images = jax.random.normal(jax.random.key(1), (1, 128, 192, 3))
+
+  def loss(params):
+    out = model.apply({'params': params, 'frozen': variables['frozen']}, images)
+    return sum(jnp.sum(v ** 2) for v in out.values())
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  assert float(jnp.abs(grads['backbone']['res3a']['branch2a']['conv']['kernel']).sum()) > 0
+  assert float(jnp.abs(grads['fcos_head']['p3_feat']['scale_reg'])) > 0
+
+
+def test_points_match_model_outputs_on_odd_canvas(tiny):
+  model, variables = tiny
+  out = jax.eval_shape(model.apply, variables, jnp.zeros((1, 200, 333, 3)))
+  pts = locations.make_points((200, 333), (8, 16, 32, 64, 128), (64, 128, 256, 512))
+  assert out['reg'].shape[1] == len(pts.xy)
+
+
+def test_conv_pads_symmetrically_at_stride_two():
+  x = jax.random.normal(jax.random.key(0), (1, 9, 8, 2))
+  conv = Conv2d(3, 3, 2, use_bias=True)
+  v = conv.init(jax.random.key(1), x)
+  got = np.asarray(conv.apply(v, x))
+  k = np.asarray(v['params']['kernel'])
+  xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  ref = np.zeros((1, 5, 4, 3))
+  for i in range(5):
+    for j in range(4):
+      ref[0, i, j] = np.einsum('hwc,hwco->o', xp[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3], k)
+  np.testing.assert_allclose(got, ref + np.asarray(v['params']['bias']), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_batch_norm_formula():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
+  stats = {'scale': jnp.array([1., 2, 3, 4]), 'bias': jnp.array([0., 1, 2, 3]),
+           'mean': jnp.array([0.5, 0, -1, 2]), 'var': jnp.array([1., 4, 0.25, 9])}
+  got = FrozenBatchNorm().apply({'frozen': stats}, x)
+  s = {k: np.asarray(v) for k, v in stats.items()}
+  ref = (np.asarray(x) - s['mean']) / np.sqrt(s['var'] + 1e-5) * s['scale'] + s['bias']
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_images_zeroes_the_padding():
+  images = jnp.full((2, 8, 8, 3), 255, jnp.uint8)
+  sizes = jnp.array([[8, 8], [5, 3]])
+  out = np.asarray(fcos.normalize_images(images, sizes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+  assert np.allclose(out[0], 2.0)
+  assert np.allclose(out[1, :5, :3], 2.0) and np.all(out[1, 5:] == 0) and np.all(out[1, :, 3:] == 0)
+
+
+def test_one_trace_per_input_shape(tiny):
+  model, variables = tiny
+
+  @jax.jit
+  @chex.assert_max_traces(n=2)
+  def forward(v, x):
+    return model.apply(v, x)
+
+  for shape in [(1, 128, 256, 3), (1, 128, 256, 3), (1, 256, 128, 3), (1, 128, 256, 3)]:
+    forward(variables, jnp.zeros(shape))
+
+
+def test_bad_model_config_errors():
+  with pytest.raises(ValueError, match='depth'):
+    model = fcos.build_model(tiny_model_config(depth=42))
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+  with pytest.raises(ValueError, match='dcn_head'):
+    model = fcos.build_model(tiny_model_config(dcn_head='some'))
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
