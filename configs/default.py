@@ -18,6 +18,7 @@ def get_config():
   m.freeze_at = 0  # Stem and stages res2..res{freeze_at+2} get no updates; -1 freezes nothing but BN.
   m.dcn_stages = ()  # ResNet stages whose 3x3 convs are deformable (v2), e.g. (3, 4, 5).
   m.dcn_head = 'none'  # Deformable tower convs in the head: 'none', 'all' (Paddle) or 'last' (original FCOS).
+  m.backbone_norm = 'frozen_bn'  # 'frozen_bn' (pretrained backbones) or 'group_norm' (from scratch; freeze_at=-1).
   m.num_classes = 80
   m.fpn_channels = 256  # Channels of P3..P7 and of the head towers.
   m.head_convs = 4  # Convs per head tower.
@@ -80,7 +81,8 @@ def get_config():
   t.checkpoint_every = 5000
   t.keep_checkpoints = 3
   t.init_checkpoint = ''  # Orbax checkpoint (e.g. converted ImageNet ResNet) to initialise from.
-  t.init_backbone_only = True
+  t.init_backbone_only = True  # Take only the backbone from init_checkpoint (e.g. ImageNet weights).
+  t.debug_nan_step = -1  # Test hook: make the loss NaN at this step (-1: off).
 
   # --- Optimiser (SGD momentum, coupled L2) ---------------------------------------------------------------------------
   c.optimizer = o = ml_collections.ConfigDict()

@@ -119,3 +119,12 @@ def test_bad_model_config_errors():
   with pytest.raises(ValueError, match='dcn_head'):
     model = fcos.build_model(tiny_model_config(dcn_head='some'))
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+
+
+def test_group_norm_backbone_trains_from_scratch():
+  model = fcos.build_model(tiny_model_config(backbone_norm='group_norm', freeze_at=-1))
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+  assert 'frozen' not in variables  # Nothing frozen at all.
+  assert variables['params']['backbone']['conv1']['norm']['scale'].shape == (8,)
+  with pytest.raises(ValueError, match='freeze_at=-1'):
+    fcos.build_model(tiny_model_config(backbone_norm='group_norm', freeze_at=0))

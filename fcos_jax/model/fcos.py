@@ -20,6 +20,7 @@ class FCOS(nn.Module):
   freeze_at: int = 0
   dcn_stages: Sequence[int] = ()
   dcn_head: str = 'none'
+  backbone_norm: str = 'frozen_bn'
   num_classes: int = 80
   fpn_channels: int = 256
   head_convs: int = 4
@@ -32,8 +33,8 @@ class FCOS(nn.Module):
   @nn.compact
   def __call__(self, images, train=False):
     del train  # Frozen BN and no dropout: training and inference compute the same function.
-    features = ResNet(self.depth, self.stem_width, self.freeze_at, tuple(self.dcn_stages), self.dtype,
-                      name='backbone')(images.astype(self.dtype))
+    features = ResNet(self.depth, self.stem_width, self.freeze_at, tuple(self.dcn_stages), self.backbone_norm,
+                      self.dtype, name='backbone')(images.astype(self.dtype))
     pyramid = FPN(self.fpn_channels, self.dtype, name='neck')(features)
     return FCOSHead(self.num_classes, self.fpn_channels, self.head_convs, self.gn_groups, self.prior_prob,
                     self.per_level_scale, tuple(self.strides), self.dcn_head, self.dtype, name='fcos_head')(pyramid)
@@ -46,19 +47,22 @@ def build_model(model_config):
     raise ValueError(f'model.strides must be (8, 16, 32, 64, 128) (P3..P7 of this FPN), got {tuple(m.strides)}')
   if any(s <= 2 + m.freeze_at for s in m.dcn_stages):
     raise ValueError(f'model.dcn_stages {tuple(m.dcn_stages)} overlap frozen stages (freeze_at={m.freeze_at})')
+  if m.backbone_norm == 'group_norm' and m.freeze_at >= 0:
+    raise ValueError('model.backbone_norm=group_norm trains the backbone from scratch: set model.freeze_at=-1')
   return FCOS(depth=m.depth, stem_width=m.stem_width, freeze_at=m.freeze_at, dcn_stages=tuple(m.dcn_stages),
-              dcn_head=m.dcn_head, num_classes=m.num_classes, fpn_channels=m.fpn_channels, head_convs=m.head_convs,
-              gn_groups=m.gn_groups, prior_prob=m.prior_prob, per_level_scale=m.per_level_scale,
-              strides=tuple(m.strides), dtype=jnp.dtype(m.dtype))
+              dcn_head=m.dcn_head, backbone_norm=m.backbone_norm, num_classes=m.num_classes,
+              fpn_channels=m.fpn_channels, head_convs=m.head_convs, gn_groups=m.gn_groups, prior_prob=m.prior_prob,
+              per_level_scale=m.per_level_scale, strides=tuple(m.strides), dtype=jnp.dtype(m.dtype))
 
 
 def init_variables(model, seed):
-  """Parameters ('params') and frozen weights ('frozen') for an integer seed.
+  """Parameters ('params') and frozen weights ('frozen', possibly empty) for an integer seed.
 
   Shapes don't depend on the image size, so a tiny dummy image suffices. The 'rbg' PRNG compiles several times
   faster than threefry on XLA:CPU (seconds instead of most of a minute for the whole model).
   """
-  return jax.jit(model.init)(jax.random.key(seed, impl='rbg'), jnp.zeros((1, 128, 128, 3), jnp.float32))
+  variables = jax.jit(model.init)(jax.random.key(seed, impl='rbg'), jnp.zeros((1, 128, 128, 3), jnp.float32))
+  return {'params': variables['params'], 'frozen': variables.get('frozen', {})}
 
 
 def normalize_images(images, sizes, mean, std):

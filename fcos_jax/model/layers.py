@@ -62,12 +62,17 @@ class FrozenBatchNorm(nn.Module):
 
 
 class ConvNorm(nn.Module):
-  """Conv2d (no bias) followed by FrozenBatchNorm, named 'conv' and 'norm' like Paddle's ConvNormLayer."""
+  """Conv2d (no bias) then a norm, named 'conv' and 'norm' like Paddle's ConvNormLayer.
+
+  `norm`: 'frozen_bn' (pretrained statistics, never trained) or 'group_norm' (32 groups or fewer, trained;
+  for backbones trained from scratch, where identity batch norm would leave the network unnormalised).
+  """
   features: int
   kernel_size: int
   stride: int = 1
   frozen: bool = False
   deformable: bool = False
+  norm: str = 'frozen_bn'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -77,4 +82,6 @@ class ConvNorm(nn.Module):
       conv = DeformConv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype, name='conv')
     else:
       conv = Conv2d(self.features, self.kernel_size, self.stride, frozen=self.frozen, dtype=self.dtype, name='conv')
+    if self.norm == 'group_norm':
+      return nn.GroupNorm(min(32, self.features), epsilon=1e-5, dtype=self.dtype, name='norm')(conv(x))
     return FrozenBatchNorm(dtype=self.dtype, name='norm')(conv(x))

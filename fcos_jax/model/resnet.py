@@ -30,11 +30,12 @@ class BottleneckBlock(nn.Module):
   project: bool
   frozen: bool
   deformable: bool = False
+  norm: str = 'frozen_bn'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(frozen=self.frozen, dtype=self.dtype)
+    kw = dict(frozen=self.frozen, norm=self.norm, dtype=self.dtype)
     y = nn.relu(ConvNorm(self.width, 1, name='branch2a', **kw)(x))
     y = nn.relu(ConvNorm(self.width, 3, self.stride, deformable=self.deformable, name='branch2b', **kw)(y))
     y = ConvNorm(self.width * 4, 1, name='branch2c', **kw)(y)
@@ -49,11 +50,12 @@ class BasicBlock(nn.Module):
   project: bool
   frozen: bool
   deformable: bool = False
+  norm: str = 'frozen_bn'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(frozen=self.frozen, dtype=self.dtype)
+    kw = dict(frozen=self.frozen, norm=self.norm, dtype=self.dtype)
     y = nn.relu(ConvNorm(self.width, 3, self.stride, name='branch2a', **kw)(x))
     y = ConvNorm(self.width, 3, deformable=self.deformable, name='branch2b', **kw)(y)
     short = ConvNorm(self.width, 1, self.stride, name='short', **kw)(x) if self.project else x
@@ -70,6 +72,7 @@ class ResNet(nn.Module):
   stem_width: int = 64
   freeze_at: int = 0
   dcn_stages: Sequence[int] = ()
+  norm: str = 'frozen_bn'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -77,10 +80,13 @@ class ResNet(nn.Module):
     """x [N, H, W, 3] normalised image -> (C3, C4, C5)."""
     if self.depth not in STAGE_BLOCKS:
       raise ValueError(f'ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}')
+    if self.norm not in ('frozen_bn', 'group_norm'):
+      raise ValueError(f"model.backbone_norm must be 'frozen_bn' or 'group_norm', got {self.norm!r}")
     bottleneck = self.depth >= 50
     block_cls = BottleneckBlock if bottleneck else BasicBlock
     stem_frozen = self.freeze_at >= 0
-    x = nn.relu(ConvNorm(self.stem_width, 7, 2, frozen=stem_frozen, dtype=self.dtype, name='conv1')(x))
+    x = nn.relu(ConvNorm(self.stem_width, 7, 2, frozen=stem_frozen, norm=self.norm, dtype=self.dtype,
+                         name='conv1')(x))
     x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
     if stem_frozen:
       x = lax.stop_gradient(x)
@@ -91,7 +97,8 @@ class ResNet(nn.Module):
       for b in range(count):
         x = block_cls(
             width=self.stem_width * 2**i, stride=2 if b == 0 and stage > 2 else 1, project=b == 0, frozen=frozen,
-            deformable=stage in self.dcn_stages, dtype=self.dtype, name=block_name(stage, b, count))(x)
+            deformable=stage in self.dcn_stages, norm=self.norm, dtype=self.dtype,
+            name=block_name(stage, b, count))(x)
       if frozen:
         x = lax.stop_gradient(x)
       if stage >= 3:
