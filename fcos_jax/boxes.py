@@ -23,6 +23,13 @@ def area(boxes):
   return jnp.maximum(boxes[..., 2] - boxes[..., 0], 0) * jnp.maximum(boxes[..., 3] - boxes[..., 1], 0)
 
 
+def clip(boxes, hw):
+  """Clip xyxy `boxes` [..., 4] into [0, w] x [0, h]; `hw` [..., 2] (h, w) broadcasts against their leading dims."""
+  h, w = hw[..., 0:1], hw[..., 1:2]
+  upper = jnp.concatenate([w, h, w, h], axis=-1)
+  return jnp.clip(boxes, 0, upper)
+
+
 def pairwise_iou(a, b):
   """IoU of every box in `a` [N, 4] with every box in `b` [M, 4] -> [N, M]; 0 where the union is empty."""
   lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
