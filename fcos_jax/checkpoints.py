@@ -1,0 +1,107 @@
+"""Checkpoints: orbax CheckpointManager directories with a `variables` item ({'params', 'frozen'}) and, for
+training runs, a `train` item (step, optimizer state) plus each process's tf.data iterator state beside them.
+
+Converters write `variables` only; evaluation and backbone initialisation read only `variables`.
+"""
+
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def manager(directory, keep=3, item_names=('variables', 'train')):
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=item_names)
+
+
+def _data_state_path(directory, step):
+  return os.path.join(os.path.abspath(directory), 'data_state', f'step_{step}', f'process_{jax.process_index()}')
+
+
+def save(mgr, step, variables, train, data_iterator=None):
+  """Saves at `step` (arrays asynchronously); the data iterator state is written first, synchronously."""
+  if data_iterator is not None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.train.Checkpoint(iterator=data_iterator).write(_data_state_path(mgr.directory, step))
+  mgr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                         train=ocp.args.StandardSave(train)))
+
+
+def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=None):
+  """(variables, train) of the latest or given step, placed like the abstract trees; None if there is none."""
+  step = mgr.latest_step() if step is None else step
+  if step is None:
+    return None
+  as_abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(as_abstract(abstract_variables)),
+      train=ocp.args.StandardRestore(as_abstract(abstract_train))))
+  if data_iterator is not None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    path = _data_state_path(mgr.directory, step)
+    if tf.io.gfile.exists(path + '.index'):
+      tf.train.Checkpoint(iterator=data_iterator).read(path).assert_consumed()
+    else:
+      log.warning('No data iterator state for step %d: the data order restarts from the beginning.', step)
+  return restored['variables'], restored['train']
+
+
+def save_variables(directory, variables, step=0):
+  """Writes {'params', 'frozen'} as step `step` of a CheckpointManager directory (the converters' output)."""
+  mgr = manager(directory, keep=1, item_names=('variables',))
+  mgr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)))
+  mgr.wait_until_finished()
+  mgr.close()
+
+
+def _read_raw_variables(path):
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'No checkpoint directory at {path}')
+  if os.path.isdir(os.path.join(path, 'variables')):  # A single step directory.
+    return ocp.StandardCheckpointer().restore(os.path.join(path, 'variables'))
+  mgr = ocp.CheckpointManager(path, item_names=('variables',))
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
+  restored = mgr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))['variables']
+  mgr.close()
+  return restored
+
+
+def _flat(tree):
+  return {'/'.join(str(getattr(k, 'key', k)) for k in p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def load_variables(path, abstract_variables, backbone_only=False):
+  """{'params', 'frozen'} from the checkpoint at `path`, checked name by name against `abstract_variables`.
+
+  With `backbone_only`, only entries under 'backbone' are read and the others keep the values in
+  `abstract_variables` (which must then be real arrays). Missing, unexpected or mis-shaped entries raise
+  ValueError listing their names: nothing is silently left at its initial value.
+  """
+  raw = _flat(_read_raw_variables(path))
+  want = _flat(abstract_variables)
+  in_scope = lambda name: not backbone_only or name.split('/')[1] == 'backbone'  # noqa: E731
+  missing = sorted(n for n in want if in_scope(n) and n not in raw)
+  unexpected = sorted(n for n in raw if in_scope(n) and n not in want)
+  misshaped = sorted(f'{n}: checkpoint {tuple(np.shape(raw[n]))} vs model {tuple(want[n].shape)}'
+                     for n in want if in_scope(n) and n in raw and tuple(np.shape(raw[n])) != tuple(want[n].shape))
+  if missing or unexpected or misshaped:
+    lines = [f'Checkpoint {path} does not fit the model:']
+    for title, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)):
+      if names:
+        lines.append(f'  {title} ({len(names)}): ' + ', '.join(names[:20]) + (' ...' if len(names) > 20 else ''))
+    raise ValueError('\n'.join(lines))
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_variables)
+  values = []
+  for p, leaf in leaves:
+    name = '/'.join(str(getattr(k, 'key', k)) for k in p)
+    values.append(np.asarray(raw[name], np.float32) if in_scope(name) else leaf)
+  return jax.tree_util.tree_unflatten(treedef, values)

@@ -1,0 +1,189 @@
+"""Training: state, the jitted data-parallel train step, the loop with logging, evaluation and checkpoints.
+
+One Mesh over all devices with a 'data' axis: the batch is sharded over it, the state replicated. The step is
+pure (`train_step(state, batch) -> (state, metrics)`); host round trips happen only at logging and saving.
+Checkpoints (see checkpoints.py) go to `workdir/checkpoints`, with the data iterator state, so a resumed run
+continues exactly where the saved one was.
+"""
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fcos_jax import checkpoints
+from fcos_jax import config as config_lib
+from fcos_jax import locations, losses, optim, targets
+from fcos_jax.model import fcos
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  frozen: Any
+  opt_state: Any
+
+
+def create_mesh():
+  """All devices of all processes along one 'data' axis."""
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def make_train_step(model, config, tx):
+  """The pure step: normalise on device, forward, assign targets, loss, gradients, optimizer update."""
+  lr_schedule = optim.schedule(config)
+  m = config.model
+
+  def train_step(state, batch):
+    images = fcos.normalize_images(batch['image'], batch['size'], m.pixel_mean, m.pixel_std)
+    points = locations.points_from_config(images.shape[1:3], config)  # Static: a constant per canvas shape.
+    tg = targets.assign_batch(points, batch['boxes'], batch['labels'], batch['valid'], config.assign)
+
+    def loss_fn(params):
+      outputs = model.apply({'params': params, 'frozen': state.frozen}, images, train=True)
+      parts = losses.fcos_loss(outputs, tg, config.loss)
+      if config.train.debug_nan_step >= 0:  # Test hook: poison the loss at one step.
+        parts['loss'] = jnp.where(state.step == config.train.debug_nan_step, jnp.nan, parts['loss'])
+      return parts['loss'], parts
+
+    (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**parts, 'grad_norm': optax.global_norm(grads), 'lr': lr_schedule(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def create_state(model, tx, config, mesh):
+  """A replicated TrainState: shapes from jax.eval_shape, values from one jitted init with out_shardings."""
+  def init():
+    variables = fcos.init_variables(model, config.seed)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'], frozen=variables['frozen'],
+                      opt_state=tx.init(variables['params']))
+
+  abstract = jax.eval_shape(init)
+  shardings = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), abstract)
+  return jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def _variables(state):
+  return {'params': state.params, 'frozen': state.frozen}
+
+
+def _train_items(state):
+  return {'step': state.step, 'opt_state': state.opt_state}
+
+
+class _Stop:
+  """Set by SIGTERM: the loop saves a checkpoint at the next step and returns."""
+  requested = False
+
+  @classmethod
+  def handler(cls, signum, frame):  # pylint: disable=unused-argument
+    cls.requested = True
+
+
+def _check_finite(step, metrics):
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f'Non-finite values at or before step {step}: {bad}. Training stopped; the last checkpoint in the '
+        f'workdir is from before this point. Resume from it with a lower optimizer.lr or with '
+        f'optimizer.grad_clip_norm set, by running the same command again.')
+
+
+def _format(step, num_steps, metrics, images_per_s):
+  return (f'step {step}/{num_steps} | loss {metrics["loss"]:.4f} (cls {metrics["cls"]:.4f} box {metrics["box"]:.4f}'
+          f' quality {metrics["quality"]:.4f}) | pos {metrics["num_pos"]:.0f} | grad {metrics["grad_norm"]:.3f}'
+          f' | lr {metrics["lr"]:.2e} | {images_per_s:.1f} img/s')
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, returns the final metrics."""
+  from fcos_jax import eval_lib  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = create_mesh()
+  model = fcos.build_model(config.model)
+  tx = optim.make_optimizer(config)
+  state, shardings = create_state(model, tx, config, mesh)
+  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count())
+  data_iterator = iter(dataset)
+  manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
+  restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator)
+  if restored is not None:
+    variables, train = restored
+    state = jax.device_put(TrainState(step=train['step'], params=variables['params'], frozen=variables['frozen'],
+                                      opt_state=train['opt_state']), shardings)
+    print(f'Resumed from step {int(state.step)}.', flush=True)
+  elif config.train.init_checkpoint:
+    loaded = checkpoints.load_variables(config.train.init_checkpoint, _variables(state),
+                                        config.train.init_backbone_only)
+    state = jax.device_put(state.replace(params=loaded['params'], frozen=loaded['frozen']), shardings)
+
+  step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0,
+                    out_shardings=(shardings, NamedSharding(mesh, P())))
+  writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if jax.process_index() == 0 else None
+  previous = signal.signal(signal.SIGTERM, _Stop.handler)
+  num_steps, log_every = config.train.num_steps, config.train.log_every
+  step = int(state.step)
+  pending, tick = [], time.perf_counter()
+  metrics = {}
+  try:
+    while step < num_steps:
+      batch = pipeline.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
+      state, step_metrics = step_fn(state, batch)
+      step += 1
+      pending.append(step_metrics)
+      last = step == num_steps
+      if step % log_every == 0 or last or _Stop.requested or step % config.train.checkpoint_every == 0:
+        host = jax.device_get(pending)  # The only host round trip: every log_every steps.
+        metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        for m in host:
+          _check_finite(step, {k: float(v) for k, v in m.items()})
+        elapsed = time.perf_counter() - tick
+        images_per_s = len(pending) * config.train.batch_size / max(elapsed, 1e-9)
+        if jax.process_index() == 0:
+          print(_format(step, num_steps, metrics, images_per_s), flush=True)
+          with writer.as_default(step=step):
+            for k, v in {**metrics, 'images_per_s': images_per_s}.items():
+              tf.summary.scalar(f'train/{k}', v)
+        pending, tick = [], time.perf_counter()
+      if step % config.train.checkpoint_every == 0 or last or _Stop.requested:
+        checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator)
+      if _Stop.requested:
+        print(f'SIGTERM: saved a checkpoint at step {step}; run the same command to resume.', flush=True)
+        return metrics
+      if config.train.eval_every and step % config.train.eval_every == 0 and not last:
+        eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step)
+    manager.wait_until_finished()
+    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step)
+    if writer is not None:
+      with writer.as_default(step=step):
+        for k, v in results.items():
+          tf.summary.scalar(f'eval/{k}', v)
+      writer.flush()
+    with open(os.path.join(workdir, 'train_metrics.json'), 'w') as f:
+      json.dump({'step': step, **metrics}, f, indent=1)
+    return results
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    signal.signal(signal.SIGTERM, previous)
+    _Stop.requested = False
