@@ -128,3 +128,17 @@ def test_group_norm_backbone_trains_from_scratch():
   assert variables['params']['backbone']['conv1']['norm']['scale'].shape == (8,)
   with pytest.raises(ValueError, match='freeze_at=-1'):
     fcos.build_model(tiny_model_config(backbone_norm='group_norm', freeze_at=0))
+
+
+def test_dcn_r50_parameter_count_and_seed_recipes():
+  from configs import r50_dcn_1x, r50_ms_2x
+  model = fcos.build_model(r50_dcn_1x.get_config().model)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
+  assert fcos.count_parameters(variables) == 33_666_513  # Paddle's DCN R50 FCOS.
+  out = jax.eval_shape(model.apply, variables, jnp.zeros((1, 256, 384, 3)))
+  num_points = len(locations.make_points((256, 384), (8, 16, 32, 64, 128), (64, 128, 256, 512)).xy)
+  assert out['reg'].shape == (1, num_points, 4)
+  ms = r50_ms_2x.get_config()  # The seed's multiscale 2x recipe.
+  assert tuple(ms.data.short_sizes) == (640, 672, 704, 736, 768, 800) and ms.data.max_size == 1333
+  assert ms.train.num_steps == 180_000 and tuple(ms.optimizer.decay_steps) == (120_000, 160_000)
+  assert ms.train.batch_size == 16 and ms.optimizer.lr == 0.01

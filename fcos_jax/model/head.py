@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fcos_jax.model.dcn import DeformConv2d
 from fcos_jax.model.layers import Conv2d
 
 HEAD_INIT = nn.initializers.normal(0.01)
@@ -26,7 +27,6 @@ class TowerConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.deformable:
-      from fcos_jax.model.dcn import DeformConv2d  # pylint: disable=g-import-not-at-top
       conv = DeformConv2d(self.channels, 3, use_bias=True, kernel_init=HEAD_INIT, dtype=self.dtype, name='conv')
     else:
       conv = Conv2d(self.channels, 3, use_bias=True, kernel_init=HEAD_INIT, dtype=self.dtype, name='conv')

@@ -1,4 +1,4 @@
-"""Building blocks shared by the backbone, FPN and head: symmetric-padding convolution and frozen batch norm.
+"""Building blocks shared by the backbone, FPN, head and DCN: symmetric-padding convolution and frozen batch norm.
 
 Frozen weights live in the 'frozen' collection instead of 'params': the optimiser only ever sees 'params', so a
 frozen weight cannot change, whatever the optimiser does.
@@ -59,29 +59,3 @@ class FrozenBatchNorm(nn.Module):
     var = self.variable(FROZEN, 'var', jnp.ones, (c,), jnp.float32).value
     multiplier = scale * lax.rsqrt(var + self.epsilon)
     return x * multiplier.astype(self.dtype) + (bias - mean * multiplier).astype(self.dtype)
-
-
-class ConvNorm(nn.Module):
-  """Conv2d (no bias) then a norm, named 'conv' and 'norm' like Paddle's ConvNormLayer.
-
-  `norm`: 'frozen_bn' (pretrained statistics, never trained) or 'group_norm' (32 groups or fewer, trained;
-  for backbones trained from scratch, where identity batch norm would leave the network unnormalised).
-  """
-  features: int
-  kernel_size: int
-  stride: int = 1
-  frozen: bool = False
-  deformable: bool = False
-  norm: str = 'frozen_bn'
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    if self.deformable:
-      from fcos_jax.model.dcn import DeformConv2d  # pylint: disable=g-import-not-at-top
-      conv = DeformConv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype, name='conv')
-    else:
-      conv = Conv2d(self.features, self.kernel_size, self.stride, frozen=self.frozen, dtype=self.dtype, name='conv')
-    if self.norm == 'group_norm':
-      return nn.GroupNorm(min(32, self.features), epsilon=1e-5, dtype=self.dtype, name='norm')(conv(x))
-    return FrozenBatchNorm(dtype=self.dtype, name='norm')(conv(x))
