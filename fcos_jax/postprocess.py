@@ -35,11 +35,27 @@ def point_scores(cls_logits, ctr_logits, sqrt=False):
   return jnp.sqrt(scores) if sqrt else scores
 
 
-def greedy_nms(boxes, scores, valid, classes, iou_threshold, max_output):
+def suppresses(box, boxes, iou_threshold, empty_overlap_suppresses=False):
+  """Whether `box` [4] suppresses each of `boxes` [N, 4]: IoU > threshold.
+
+  `empty_overlap_suppresses`: Paddle's rule for a pair with an empty union that is not disjoint (two touching
+  zero-area boxes, which ReLU'd regression produces): its overlap is 0 / 0 = NaN, and Paddle keeps a box only if
+  overlap <= threshold, so it is suppressed. Disjoint means strictly apart, as Paddle tests it.
+  """
+  iou = box_ops.pairwise_iou(box[None], boxes)[0]
+  out = iou > iou_threshold
+  if empty_overlap_suppresses:
+    disjoint = ((boxes[:, 0] > box[2]) | (boxes[:, 2] < box[0]) | (boxes[:, 1] > box[3]) | (boxes[:, 3] < box[1]))
+    empty_union = (box_ops.area(box) <= 0) & (box_ops.area(boxes) <= 0)  # Areas are >= 0.
+    out = out | (~disjoint & empty_union)
+  return out
+
+
+def greedy_nms(boxes, scores, valid, classes, iou_threshold, max_output, empty_overlap_suppresses=False):
   """Class-aware greedy NMS over candidates `boxes` [N, 4], `scores` [N] (finite), `valid` [N], `classes` [N].
 
-  A candidate is kept unless a kept candidate of the same class overlaps it by IoU > `iou_threshold`; candidates
-  are visited by descending score, ties by lower index. Returns the first `max_output` survivors as indices
+  A candidate is kept unless a kept candidate of the same class suppresses it (`suppresses`); candidates are
+  visited by descending score, ties by lower index. Returns the first `max_output` survivors as indices
   `keep` [max_output] int32 in that order and `kept` [max_output] bool (False past the last survivor, index 0).
   """
   n = scores.shape[0]
@@ -51,7 +67,7 @@ def greedy_nms(boxes, scores, valid, classes, iou_threshold, max_output):
   def body(state):
     count, alive, keep = state
     best = jnp.argmax(jnp.where(alive, scores, -jnp.inf))
-    overlap = box_ops.pairwise_iou(boxes[best][None], boxes)[0] > iou_threshold
+    overlap = suppresses(boxes[best], boxes, iou_threshold, empty_overlap_suppresses)
     alive = alive & ~(overlap & (classes == classes[best])) & (jnp.arange(n) != best)
     return count + 1, alive, keep.at[count].set(best.astype(jnp.int32))
 
@@ -98,7 +114,7 @@ def detect_one(scores, boxes, image_hw, points, cfg):
   cand_boxes = boxes[point]
   k = cfg.max_detections
   keep, kept = greedy_nms(cand_boxes, cand_scores, cand_scores > cfg.score_threshold, classes, cfg.nms_iou,
-                          min(k, cand_scores.shape[0]))
+                          min(k, cand_scores.shape[0]), empty_overlap_suppresses=cfg.method == 'paddle')
   pad = k - keep.shape[0]
   keep, kept = jnp.pad(keep, (0, pad)), jnp.pad(kept, (0, pad))
   return {'boxes': jnp.where(kept[:, None], cand_boxes[keep], 0.0),

@@ -252,3 +252,14 @@ def test_one_trace_per_input_shape(method):
     result = run(random_outputs(rng, batch, 4))
     assert result['boxes'].shape == (batch, cfg.max_detections, 4) and result['boxes'].dtype == jnp.float32
     assert result['classes'].dtype == jnp.int32 and result['valid'].dtype == jnp.bool_
+
+
+def test_paddle_rule_suppresses_touching_zero_area_boxes():
+  # Paddle: overlap 0 / 0 = NaN is not <= threshold, so a touching zero-area box is suppressed; disjoint ones stay.
+  kept = jnp.array([69.5, 28.0, 99.2, 28.0])
+  others = jnp.array([[92.38, 28.0, 120.55, 28.0], [99.2, 28.0, 130.0, 28.0], [99.3, 28.0, 130.0, 28.0],
+                      [80.0, 10.0, 90.0, 50.0]])
+  paddle = postprocess.suppresses(kept, others, 0.6, empty_overlap_suppresses=True)
+  plain = postprocess.suppresses(kept, others, 0.6)
+  assert paddle.tolist() == [True, True, False, False]
+  assert plain.tolist() == [False, False, False, False]

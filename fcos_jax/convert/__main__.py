@@ -1,0 +1,78 @@
+"""Convert a reference checkpoint into an fcos_jax (orbax) checkpoint directory.
+
+  python -m fcos_jax.convert paddle fcos_r50_fpn_1x_coco.pdparams ckpt/fcos_r50 --arch fcos_r50
+  python -m fcos_jax.convert paddle ResNet50_cos_pretrained.pdparams ckpt/r50_imagenet --arch resnet50
+  python -m fcos_jax.convert torchvision fcos_resnet50_fpn_coco-99b0c1b2.pth ckpt/tv_fcos --arch fcos_r50
+
+The output is read by evaluate.py --checkpoint=DIR (FCOS files) or by training as train.init_checkpoint
+(resnet50 files, backbone only). The written checkpoint is read back and checked against the model before exiting.
+"""
+
+import argparse
+import logging
+import os
+
+import jax
+import numpy as np
+
+from configs import default
+from fcos_jax import checkpoints, convert
+from fcos_jax.convert import paddle, torchvision
+
+SOURCES = {'paddle': (paddle.load_pdparams, paddle.convert_state),
+           'torchvision': (torchvision.load_state_dict, torchvision.convert_state)}
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m fcos_jax.convert', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('source', choices=sorted(SOURCES), help='the library that wrote INPUT')
+  parser.add_argument('input', help='.pdparams file (paddle) or state-dict .pth file (torchvision)')
+  parser.add_argument('output', help='new orbax checkpoint directory (must not exist or be empty)')
+  parser.add_argument('--arch', required=True, choices=sorted(convert.ARCHS),
+                      help='what INPUT holds: a whole FCOS (fcos_r50, fcos_dcn_r50) or an ImageNet resnet50')
+  return parser.parse_args(argv)
+
+
+def check_written(directory, source, arch):
+  """Reads the written checkpoint back the way training and evaluation will, against the model it is meant for."""
+  config = default.get_config()
+  if source == 'torchvision':
+    config = torchvision.torchvision_fcos_config(config)
+  abstract = convert.abstract_variables(convert.model_config(arch, config))
+  backbone_only = convert.ARCHS[arch]['backbone_only']
+  if backbone_only:  # load_variables keeps the non-backbone leaves it is given, so they must be arrays.
+    abstract = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  checkpoints.load_variables(directory, abstract, backbone_only=backbone_only)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if os.path.isdir(args.output) and os.listdir(args.output):
+    raise SystemExit(f'{args.output} exists and is not empty; choose a new directory')
+  load, convert_state = SOURCES[args.source]
+  try:
+    variables = convert_state(load(args.input), args.arch)
+  except ValueError as e:
+    raise SystemExit(f'Cannot convert {args.input}: {e}') from None
+  checkpoints.save_variables(args.output, variables)
+  check_written(args.output, args.source, args.arch)
+
+  leaves = jax.tree_util.tree_leaves(variables)
+  print(f'Wrote {len(leaves)} arrays ({sum(x.size for x in leaves):,} values) to {os.path.abspath(args.output)}')
+  if args.arch == 'resnet50':
+    print(f'Use it as --config.train.init_checkpoint={args.output} (train.init_backbone_only=True).')
+  elif args.source == 'torchvision':
+    flags = ' '.join(f'--config.{k}={v}' for k, v in torchvision.TORCHVISION_FCOS.items())
+    print(f'Evaluate it with torchvision semantics: --checkpoint={args.output} {flags}')
+  else:
+    overrides = ''.join(f" --config.model.{k}='{v}'" for k, v in convert.ARCHS[args.arch]['overrides'].items())
+    print(f'Evaluate it as published: --checkpoint={args.output}{overrides} --config.postprocess.method=paddle')
+
+
+if __name__ == '__main__':
+  notes = logging.getLogger('fcos_jax.convert')  # The converters' notes (dropped keys), whatever else logs.
+  notes.setLevel(logging.INFO)
+  notes.addHandler(logging.StreamHandler())
+  notes.propagate = False
+  main()
