@@ -71,6 +71,7 @@ def get_config():
   d.flip = True  # Random horizontal flip in training.
   d.shuffle_buffer = 1024
   d.skip_bad_images = False  # Count and skip unreadable images instead of failing.
+  d.threads = 0  # tf.data private thread pool size; 0: TensorFlow's default (one thread per core).
 
   # --- Training ------------------------------------------------------------------------------------------------------
   c.train = t = ml_collections.ConfigDict()
@@ -78,6 +79,7 @@ def get_config():
   t.num_steps = 90_000
   t.log_every = 20
   t.eval_every = 0  # 0: evaluate only at the end.
+  t.final_eval = True  # Evaluate when training ends.
   t.checkpoint_every = 5000
   t.keep_checkpoints = 3
   t.init_checkpoint = ''  # Orbax checkpoint (e.g. converted ImageNet ResNet) to initialise from.

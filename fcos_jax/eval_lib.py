@@ -1,12 +1,21 @@
-"""Evaluation: detections of a batch -> COCO result dicts in original-image pixels -> pycocotools box metrics."""
+"""Evaluation: the jitted eval step over a split, detections -> COCO result dicts in original-image pixels ->
+pycocotools box metrics, written to the workdir."""
 
 import contextlib
 import io
+import json
 import os
+import sys
+import time
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from fcos_jax import locations, postprocess
+from fcos_jax.model import fcos
 
 # The order of COCOeval.stats for boxes.
 METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
@@ -62,3 +71,70 @@ def coco_evaluate(coco_gt, results, image_ids=None):
   evaluator.accumulate()
   evaluator.summarize()
   return dict(zip(METRIC_NAMES, (float(v) for v in evaluator.stats)))
+
+
+def make_eval_step(model, config):
+  """(variables, batch) -> detections of `postprocess.detect` plus the batch's image_id, scale and mask."""
+  m = config.model
+
+  def eval_step(variables, batch):
+    images = fcos.normalize_images(batch['image'], batch['size'], m.pixel_mean, m.pixel_std)
+    points = locations.points_from_config(images.shape[1:3], config)
+    outputs = model.apply(variables, images)
+    detections = postprocess.detect(outputs, points, config.postprocess, batch['size'])
+    return {**detections, 'image_id': batch['image_id'], 'scale': batch['scale'], 'mask': batch['mask']}
+
+  return eval_step
+
+
+def _progress(done, total, images, start):
+  rate = images / max(time.perf_counter() - start, 1e-9)
+  bar = '#' * int(30 * done / max(total, 1))
+  sys.stdout.write(f'\revaluating [{bar:<30s}] {done}/{total} batches, {images} images, {rate:.1f} img/s')
+  sys.stdout.flush()
+
+
+def evaluate(config, model, variables, mesh, workdir, step=None):
+  """Predicts the whole eval split, writes results.json and metrics.json to `workdir`, returns the metrics.
+
+  Every process runs the same number of batches (the last is padded and masked); detections come back
+  replicated, so process 0 writes the files and runs pycocotools.
+  """
+  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  dataset, info = pipeline.make_eval_dataset(config, process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+  eval_step = jax.jit(make_eval_step(model, config), out_shardings=NamedSharding(mesh, P()))
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  results, image_ids, images, start = [], [], 0, time.perf_counter()
+  for i, batch in enumerate(dataset):
+    out = jax.device_get(eval_step(variables, pipeline.to_global(batch, mesh)))
+    results += detections_to_coco(out, out, info.label_to_category)
+    image_ids += np.asarray(out['image_id'])[np.asarray(out['mask'], bool)].tolist()
+    images = len(image_ids)
+    if jax.process_index() == 0:
+      _progress(i + 1, info.num_batches, images, start)
+  if jax.process_index() != 0:
+    return {}
+  print(flush=True)
+  suffix = '' if step is None else f'_step{step}'
+  with open(os.path.join(workdir, f'results{suffix}.json'), 'w') as f:
+    json.dump(results, f)
+  metrics = coco_evaluate(info.coco_gt, results, image_ids=image_ids)
+  with open(os.path.join(workdir, f'metrics{suffix}.json'), 'w') as f:
+    json.dump({'step': step, 'num_images': len(image_ids), **metrics}, f, indent=1)
+  print(f'COCO box AP {metrics["AP"]:.4f}, AP50 {metrics["AP50"]:.4f} on {len(image_ids)} images'
+        + ('' if step is None else f' (step {step})'), flush=True)
+  return metrics
+
+
+def evaluate_checkpoint(config, workdir, checkpoint=None):
+  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`."""
+  from fcos_jax import checkpoints, train_lib  # pylint: disable=g-import-not-at-top
+  from fcos_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  model = fcos.build_model(config.model)
+  abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))
+  path = checkpoint or os.path.join(workdir, 'checkpoints')
+  variables = checkpoints.load_variables(path, abstract)
+  return evaluate(config, model, variables, train_lib.create_mesh(), workdir)

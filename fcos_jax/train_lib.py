@@ -173,7 +173,7 @@ def train_and_evaluate(config, workdir):
       if config.train.eval_every and step % config.train.eval_every == 0 and not last:
         eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step)
     manager.wait_until_finished()
-    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step)
+    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step) if config.train.final_eval else {}
     if writer is not None:
       with writer.as_default(step=step):
         for k, v in results.items():

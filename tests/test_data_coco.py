@@ -1,0 +1,260 @@
+"""COCO sources: SPEC filters and label mapping, ground truth, json validation and damaged images, TFDS (mocked)."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fcos_jax.data import coco
+from fcos_jax.data import synthetic
+
+tf.config.set_visible_devices([], 'GPU')
+
+
+@pytest.fixture
+def folder(tmp_path):
+  """A 6-image synthetic folder dataset (split 'train'); returns (root, its annotation dict)."""
+  root = str(tmp_path / 'coco')
+  synthetic.write_split(root, 'train', 6, seed=0)
+  with open(os.path.join(root, 'annotations', 'instances_train.json')) as f:
+    return root, json.load(f)
+
+
+def write_json(root, dataset, split='train'):
+  with open(os.path.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
+    json.dump(dataset, f)
+
+
+def test_index_applies_the_spec_filters_and_label_mapping(folder, caplog):
+  root, dataset = folder
+  img = dataset['images'][0]
+  h, w = img['height'], img['width']
+  ann = lambda i, cat, bbox, crowd=0: {'id': i, 'image_id': img['id'], 'category_id': cat, 'bbox': bbox,  # noqa: E731
+                                       'iscrowd': crowd, 'area': 1.0}
+  dataset['annotations'] = [
+      ann(1, 7, [10, 20, 30, 40]),  # Kept: label 2 (ids 1, 3, 7, 8, 12).
+      ann(2, 12, [0, 0, 50, 50], crowd=1),  # Crowd: dropped.
+      ann(3, 1, [5, 5, -3, 10]),  # Negative width: dropped.
+      ann(4, 1, [5, 5, 10, 0]),  # Zero height: dropped.
+      ann(5, 3, [w - 10, h - 5, 30, 30]),  # Sticks out: clipped.
+      ann(6, 8, [w + 5, 3, 10, 10]),  # Entirely outside: dropped.
+  ]
+  write_json(root, dataset)
+  with caplog.at_level(logging.WARNING):
+    source = coco.FolderSource(root)
+    index = source.index('train')
+  assert 'dropped 3 box(es) with no area (w <= 0 or h <= 0, or outside the image): annotation ids 3, 4, 6' in (
+      caplog.text)
+  assert source.category_ids('train') == (1, 3, 7, 8, 12)
+  assert len(index) == 6 and index.image_ids[0] == img['id']
+  np.testing.assert_array_equal(index.sizes[0], [h, w])
+  np.testing.assert_allclose(index.boxes[0], [[10, 20, 40, 60], [w - 10, h - 5, w, h]])
+  np.testing.assert_array_equal(index.labels[0], [2, 1])
+  assert all(len(b) == 0 for b in index.boxes[1:])
+  assert index.files[0] == os.path.join(root, 'train', img['file_name'])
+  gt = source.coco_gt('train')
+  assert len(gt.anns) == 6 and gt.anns[2]['iscrowd'] == 1 and len(gt.imgs) == 6  # The json as it is.
+
+
+def test_records_hold_the_index_and_shard_by_orientation(folder):
+  root, _ = folder
+  source = coco.FolderSource(root)
+  index = source.index('train')
+  records = list(source.records('train').as_numpy_iterator())
+  assert [r['image_id'] for r in records] == index.image_ids.tolist()
+  for r, boxes, labels in zip(records, index.boxes, index.labels):
+    np.testing.assert_allclose(r['boxes'], boxes)
+    np.testing.assert_array_equal(r['labels'], labels)
+    assert r['boxes'].dtype == np.float32 and r['labels'].dtype == np.int32 and r['orig_size'].dtype == np.int32
+  shards = [list(source.records('train', i, 2).as_numpy_iterator()) for i in range(2)]
+  ids = [[r['image_id'] for r in shard] for shard in shards]
+  assert sorted(ids[0] + ids[1]) == sorted(index.image_ids.tolist()) and not set(ids[0]) & set(ids[1])
+  portrait = [sum(r['orig_size'][0] > r['orig_size'][1] for r in shard) for shard in shards]
+  assert abs(portrait[0] - portrait[1]) <= 1
+  with_boxes = [r['image_id'] for r in source.records('train', with_boxes_only=True).as_numpy_iterator()]
+  assert with_boxes == [i for i, b in zip(index.image_ids, index.boxes) if len(b)]
+  assert len(with_boxes) == 5  # Image 5 of the synthetic split is empty.
+
+
+def test_shuffled_records_permute_every_epoch(folder):
+  index = coco.FolderSource(folder[0]).index('train')
+  ids = [r['image_id'] for r in index.records(seed=3).take(18).as_numpy_iterator()]
+  epochs = [ids[:6], ids[6:12], ids[12:]]
+  assert all(sorted(e) == sorted(index.image_ids.tolist()) for e in epochs)
+  assert len({tuple(e) for e in epochs}) == 3 and epochs[0] != index.image_ids.tolist()
+  assert ids == [r['image_id'] for r in index.records(seed=3).take(18).as_numpy_iterator()]
+  first = next(iter(index.records(seed=3)))
+  row = index.image_ids.tolist().index(int(first['image_id']))
+  np.testing.assert_allclose(first['boxes'].numpy(), index.boxes[row])
+  np.testing.assert_array_equal(first['labels'].numpy(), index.labels[row])
+
+
+@pytest.mark.parametrize('edit,message', [
+    (lambda d: d.pop('annotations'), 'missing or invalid "annotations" list'),
+    (lambda d: d.pop('images'), 'missing or invalid "images" list'),
+    (lambda d: d['annotations'][0].update(image_id=999), 'annotation 1 names unknown image_id 999'),
+    (lambda d: d['annotations'][1].update(category_id=5), 'annotation 2 names unknown category_id 5'),
+    (lambda d: d['annotations'][0].update(bbox=[1, 2, 3]), 'annotation 1 has bbox [1, 2, 3]'),
+    (lambda d: d['annotations'][2].update(bbox=[1, 2, 'x', 4]), "annotation 3 has bbox [1, 2, 'x', 4]"),
+    (lambda d: d['images'][1].pop('height'), 'image entry needs id, file_name, height and width'),
+    (lambda d: d['images'].append(dict(d['images'][0])), 'duplicate image id 1'),
+])
+def test_bad_json_names_the_file_and_entry(folder, edit, message):
+  root, dataset = folder
+  edit(dataset)
+  write_json(root, dataset)
+  with pytest.raises(ValueError, match='instances_train.json: ' + message.replace('[', r'\[')):
+    coco.FolderSource(root).index('train')
+
+
+def test_invalid_json_and_missing_annotations(folder):
+  root, _ = folder
+  with pytest.raises(FileNotFoundError, match='instances_val.json'):
+    coco.FolderSource(root).index('val')
+  with open(os.path.join(root, 'annotations', 'instances_train.json'), 'w') as f:
+    f.write('{"images": [')
+  with pytest.raises(ValueError, match='instances_train.json: invalid JSON'):
+    coco.FolderSource(root).index('train')
+
+
+def test_missing_image_file_fails_early_or_is_skipped(folder, caplog):
+  root, dataset = folder
+  missing = os.path.join(root, 'train', dataset['images'][2]['file_name'])
+  os.remove(missing)
+  with pytest.raises(FileNotFoundError, match=f'1 image file\\(s\\) missing: {missing}'):
+    coco.FolderSource(root).index('train')
+  with caplog.at_level(logging.WARNING):
+    index = coco.FolderSource(root, skip_bad_images=True).index('train')
+  assert len(index) == 5 and dataset['images'][2]['id'] not in index.image_ids
+  assert f'skipping 1 missing image file(s): {missing}' in caplog.text
+
+
+def _jpeg(h=40, w=60):
+  return tf.io.encode_jpeg(np.full((h, w, 3), 120, np.uint8)).numpy()
+
+
+@pytest.mark.parametrize('data,problem', [
+    (_jpeg(), ''),
+    (_jpeg() + b'\0' * 100, ''),  # Bytes after the end marker are harmless.
+    (tf.io.encode_png(np.zeros((5, 5, 1), np.uint8)).numpy(), ''),
+    (_jpeg()[:-200], 'truncated JPEG (no end-of-image marker)'),
+    (_jpeg()[:100], 'truncated JPEG (no end-of-image marker)'),
+    (tf.io.encode_png(np.zeros((5, 5, 3), np.uint8)).numpy()[:-20], 'truncated PNG (no IEND chunk)'),
+    (b'', 'empty file'),
+    (b'<html>not found</html>', 'not a JPEG, PNG, GIF, BMP or WebP image'),
+])
+def test_integrity_problem(data, problem):
+  assert coco.integrity_problem(tf.constant(data)).numpy().decode() == problem
+
+
+def _record(h=40, w=60):
+  return {'file': tf.constant('dir/img.jpg'), 'image_id': tf.constant(17), 'orig_size': tf.constant([h, w]),
+          'boxes': tf.zeros([0, 4]), 'labels': tf.zeros([0], tf.int32)}
+
+
+def test_decode_grayscale_and_png_to_rgb():
+  gray = np.arange(40 * 60, dtype=np.uint8).reshape(40, 60, 1)
+  for data in (tf.io.encode_png(gray), tf.io.encode_jpeg(gray, quality=100),
+               tf.io.encode_png(np.repeat(gray, 4, axis=-1))):
+    example, ok = coco.decode(_record(), data)
+    image = example['image'].numpy()
+    assert bool(ok) and image.shape == (40, 60, 3) and image.dtype == np.uint8
+    assert (image[..., 0] == image[..., 2]).all()
+  example, _ = coco.decode(_record(), tf.io.encode_png(gray))
+  np.testing.assert_array_equal(example['image'].numpy()[..., 1], gray[..., 0])
+
+
+def test_decode_names_the_damaged_file_or_reports_it():
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r'Unreadable image dir/img.jpg \(image_id 17\): truncated JPEG'):
+    coco.decode(_record(), _jpeg()[:300])
+  reported = []
+  example, ok = coco.decode(_record(), tf.constant(b''), on_bad=reported.append)
+  assert not bool(ok) and reported == ['dir/img.jpg (image_id 17): empty file']
+  assert example['image'].shape == (40, 60, 3)
+
+
+def test_decode_checks_the_annotated_size():
+  with pytest.raises(tf.errors.InvalidArgumentError, match='Image dir/img.jpg is 40x60 but its annotation says 30x60'):
+    coco.decode(_record(30, 60), _jpeg())
+
+
+# --- TFDS, mocked: tests must never reach a real download. ---------------------------------------------------------
+
+def _tfds_examples(num):
+  """Synthetic images as TFDS coco/2017 examples, with their expected pixel boxes (crowd included)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  examples, expected = [], []
+  for i in range(num):
+    image, objects = synthetic.render(np.random.default_rng([5, i]), i)
+    h, w = image.shape[:2]
+    bbox = [tfds.features.BBox(y / h, x / w, (y + bh) / h, (x + bw) / w) for _, (x, y, bw, bh), _ in objects]
+    examples.append({'image': image, 'image/filename': f'{i}.jpg', 'image/id': 100 + i, 'objects': {
+        'area': [bw * bh // 2 for _, (_, _, bw, bh), _ in objects], 'bbox': bbox, 'id': list(range(len(objects))),
+        'is_crowd': [bool(c) for _, _, c in objects], 'label': [label for label, _, _ in objects]}})
+    expected.append((i, objects))
+  return examples, expected
+
+
+@pytest.fixture(scope='module')
+def mocked_tfds():
+  """tfds.testing.mock_data serving 8 synthetic examples through the real (de)serialisation of coco/2017."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  examples, expected = _tfds_examples(8)
+
+  serialized = []
+
+  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+    del split, read_config, shuffle_files
+    return tf.data.Dataset.from_tensor_slices(serialized).map(
+        lambda s: self.info.features.deserialize_example(s, decoders=decoders))
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    features = tfds.builder('coco/2017').info.features
+    serialized += [features.serialize_example(features.encode_example(ex)) for ex in examples]
+    yield expected
+
+
+def test_tfds_records_and_ground_truth(mocked_tfds):
+  source = coco.TfdsSource('coco/2017', '/nonexistent/tfds')
+  records = list(source.records('val2017').as_numpy_iterator())
+  assert len(records) == 8
+  for r, (i, objects) in zip(records, mocked_tfds):
+    assert r['image_id'] == 100 + i and r['file'] == f'{i}.jpg'.encode() and r['encoded'][:2] == b'\xff\xd8'
+    kept = [(label, box) for label, box, crowd in objects if not crowd]
+    np.testing.assert_allclose(r['boxes'], np.reshape([[x, y, x + w, y + h] for _, (x, y, w, h) in kept], (-1, 4)),
+                               atol=1e-3)
+    np.testing.assert_array_equal(r['labels'], [label for label, _ in kept])
+  assert sum(len(r['labels']) > 0 for r in source.records('train', with_boxes_only=True).as_numpy_iterator()) == 7
+  index = source.index('val2017')
+  assert index.image_ids.tolist() == list(range(100, 108))
+  gt = source.coco_gt('val2017')
+  assert len(gt.imgs) == 8 and sum(a['iscrowd'] for a in gt.anns.values()) == 1
+  assert len(gt.anns) == sum(len(objects) for _, objects in mocked_tfds)
+  ann = gt.imgToAnns[100][0]
+  label, (x, y, w, h), _ = mocked_tfds[0][1][0]
+  np.testing.assert_allclose(ann['bbox'], [x, y, w, h], atol=1e-3)
+  assert ann['area'] == w * h // 2  # TFDS's (mask) area, not the box's.
+  assert ann['category_id'] == coco.COCO_CATEGORY_IDS[label] and source.category_ids('val') == coco.COCO_CATEGORY_IDS
+
+
+def test_tfds_pipeline(mocked_tfds):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.update(dict(source='tfds', tfds_data_dir='/nonexistent/tfds', short_sizes=(320,), eval_short_size=320,
+                          max_size=480, canvases=((384, 512), (512, 384)), max_boxes=10, shuffle_buffer=16))
+  config.train.batch_size = config.eval.batch_size = 2
+  iterator = iter(pipeline.make_train_dataset(config))
+  with_boxes = {100 + i for i, objects in mocked_tfds if any(not crowd for _, _, crowd in objects)}
+  for _ in range(4):
+    batch = next(iterator)
+    assert batch['image'].shape[1:] in ((384, 512, 3), (512, 384, 3)) and batch['boxes'].shape == (2, 10, 4)
+    assert set(batch['image_id'].tolist()) <= with_boxes and batch['valid'].any(1).all()
+  batches, info = pipeline.make_eval_dataset(config)
+  ids = [int(i) for b in batches for i, m in zip(b['image_id'], b['mask']) if m]
+  assert sorted(ids) == list(range(100, 108)) and info.num_images == 8
+  assert info.label_to_category == coco.COCO_CATEGORY_IDS and len(info.coco_gt.imgs) == 8

@@ -1,0 +1,90 @@
+"""End to end on the generated dataset under 8 CPU devices: train_and_evaluate, exact resume, the CLI."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import shapes
+from fcos_jax import checkpoints, train_lib
+from fcos_jax.data import synthetic
+from fcos_jax.model import fcos
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('shapes'))
+  synthetic.generate(root, num_train=24, num_val=8, seed=0)
+  return root
+
+
+def tiny_config(data_root, **train):
+  c = shapes.get_config()
+  c.data.root = data_root
+  c.data.generate_synthetic = False
+  c.data.short_sizes = (128,)
+  c.data.eval_short_size = 128
+  c.data.max_size = 192
+  c.data.canvases = ((256, 256),)
+  c.data.max_boxes = 16
+  c.data.shuffle_buffer = 32
+  c.model.update(dict(stem_width=8, fpn_channels=16, gn_groups=4))
+  c.train.update(dict(batch_size=8, num_steps=3, log_every=1, checkpoint_every=2))
+  c.train.update(train)
+  c.optimizer.update(dict(warmup_steps=2, decay_steps=(100,)))
+  c.eval.batch_size = 8
+  return c
+
+
+def final_params(workdir, config):
+  model = fcos.build_model(config.model)
+  abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))
+  return checkpoints.load_variables(os.path.join(workdir, 'checkpoints'), abstract)['params']
+
+
+def test_train_and_evaluate_end_to_end(data_root, tmp_path, capsys):
+  metrics = train_lib.train_and_evaluate(tiny_config(data_root), str(tmp_path))
+  out = capsys.readouterr().out
+  assert 'step 3/3 | loss' in out and 'COCO box AP' in out
+  assert set(metrics) >= {'AP', 'AP50'} and 0 <= metrics['AP'] <= 1
+  assert os.path.exists(tmp_path / 'metrics_step3.json') and os.path.exists(tmp_path / 'results_step3.json')
+  assert os.listdir(tmp_path / 'tensorboard')
+  assert checkpoints.manager(str(tmp_path / 'checkpoints')).latest_step() == 3
+
+
+def test_resume_is_exact(data_root, tmp_path):
+  straight = tiny_config(data_root, num_steps=4, final_eval=False)
+  train_lib.train_and_evaluate(straight, str(tmp_path / 'straight'))
+  first = tiny_config(data_root, num_steps=2, final_eval=False)
+  train_lib.train_and_evaluate(first, str(tmp_path / 'resumed'))
+  train_lib.train_and_evaluate(straight, str(tmp_path / 'resumed'))  # Picks up at step 2, data order included.
+  a = final_params(str(tmp_path / 'straight'), straight)
+  b = final_params(str(tmp_path / 'resumed'), straight)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
+  config = tiny_config(data_root, num_steps=4, debug_nan_step=2, final_eval=False)  # Step index 2 = the 3rd step.
+  with pytest.raises(FloatingPointError, match='step 3'):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert checkpoints.manager(str(tmp_path / 'checkpoints')).latest_step() == 2
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, 'train.py', *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_rejects_unknown_config_keys(tmp_path):
+  result = run_cli('--config=configs/shapes.py', f'--workdir={tmp_path}', '--config.optimizer.lrr=0.1')
+  assert result.returncode != 0 and 'lrr' in result.stderr
+
+
+def test_cli_overrides_reach_the_config(tmp_path):
+  result = run_cli('--config=configs/shapes.py', f'--workdir={tmp_path}', '--config.data.max_boxes=0')
+  assert result.returncode != 0 and 'data.max_boxes=0 must be positive' in result.stderr
