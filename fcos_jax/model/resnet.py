@@ -49,8 +49,8 @@ def block_name(stage, index, count):
   return f'res{stage}{chr(ord("a") + index)}'
 
 
-class BottleneckBlock(nn.Module):
-  """1x1 -> 3x3 (stride) -> 1x1 (x4 channels), projection shortcut when `project`."""
+class Block(nn.Module):
+  """Fields shared by the residual blocks; `conv` builds one ConvNorm with them."""
   width: int
   stride: int
   project: bool
@@ -59,32 +59,31 @@ class BottleneckBlock(nn.Module):
   norm: str = 'frozen_bn'
   dtype: Any = jnp.float32
 
+  def conv(self, features, kernel_size, name, stride=1, deformable=False):
+    return ConvNorm(features, kernel_size, stride, frozen=self.frozen, deformable=deformable, norm=self.norm,
+                    dtype=self.dtype, name=name)
+
+
+class BottleneckBlock(Block):
+  """1x1 -> 3x3 (stride) -> 1x1 (x4 channels), projection shortcut when `project`."""
+
   @nn.compact
   def __call__(self, x):
-    kw = dict(frozen=self.frozen, norm=self.norm, dtype=self.dtype)
-    y = nn.relu(ConvNorm(self.width, 1, name='branch2a', **kw)(x))
-    y = nn.relu(ConvNorm(self.width, 3, self.stride, deformable=self.deformable, name='branch2b', **kw)(y))
-    y = ConvNorm(self.width * 4, 1, name='branch2c', **kw)(y)
-    short = ConvNorm(self.width * 4, 1, self.stride, name='short', **kw)(x) if self.project else x
+    y = nn.relu(self.conv(self.width, 1, 'branch2a')(x))
+    y = nn.relu(self.conv(self.width, 3, 'branch2b', self.stride, self.deformable)(y))
+    y = self.conv(self.width * 4, 1, 'branch2c')(y)
+    short = self.conv(self.width * 4, 1, 'short', self.stride)(x) if self.project else x
     return nn.relu(y + short)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(Block):
   """3x3 (stride) -> 3x3, projection shortcut when `project` (ResNet-18/34)."""
-  width: int
-  stride: int
-  project: bool
-  frozen: bool
-  deformable: bool = False
-  norm: str = 'frozen_bn'
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(frozen=self.frozen, norm=self.norm, dtype=self.dtype)
-    y = nn.relu(ConvNorm(self.width, 3, self.stride, name='branch2a', **kw)(x))
-    y = ConvNorm(self.width, 3, deformable=self.deformable, name='branch2b', **kw)(y)
-    short = ConvNorm(self.width, 1, self.stride, name='short', **kw)(x) if self.project else x
+    y = nn.relu(self.conv(self.width, 3, 'branch2a', self.stride)(x))
+    y = self.conv(self.width, 3, 'branch2b', deformable=self.deformable)(y)
+    short = self.conv(self.width, 1, 'short', self.stride)(x) if self.project else x
     return nn.relu(y + short)
 
 
