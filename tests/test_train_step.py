@@ -82,3 +82,13 @@ def test_nan_hook_poisons_only_its_step():
   assert np.isnan(float(metrics['loss']))
   with pytest.raises(FloatingPointError, match='step 2'):
     train_lib._check_finite(2, {k: float(v) for k, v in metrics.items()})  # pylint: disable=protected-access
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  config = tiny_config()
+  config.model.dtype = 'bfloat16'
+  state, metrics, _ = run_steps(config, jax.devices(), [random_batch(0)])
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype('float32')}
+  assert metrics['loss'].dtype == jnp.float32 and np.isfinite(float(metrics['loss']))
+  _, f32_metrics, _ = run_steps(tiny_config(), jax.devices(), [random_batch(0)])
+  np.testing.assert_allclose(float(metrics['loss']), float(f32_metrics['loss']), rtol=0.05)
