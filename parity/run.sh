@@ -45,6 +45,7 @@ start=$SECONDS
 echo "== inputs";  "${JAX_PY[@]}" parity/make_inputs.py "$WORK"
 echo "== paddle";  .venv-paddle/bin/python parity/paddle_reference.py "$WORK" | grep -v '^Warning: Unable to use'
 echo "== torch";   .venv-torch/bin/python parity/torch_reference.py "$WORK"
+.venv-torch/bin/python parity/dcn_torch_reference.py "$WORK"
 echo "== convert"
 for arch in fcos_r50 fcos_dcn_r50 resnet50; do
   "${JAX_PY[@]}" -m fcos_jax.convert paddle "$WORK/paddle_$arch.pdparams" "$WORK/ckpt_paddle_$arch" --arch $arch
@@ -54,5 +55,6 @@ done
 echo "== compare"
 status=0
 "${JAX_PY[@]}" parity/compare.py "$WORK" || status=$?
+"${JAX_PY[@]}" parity/dcn_compare.py "$WORK" || status=$?
 echo "parity: $((SECONDS - start)) s (not counting environment set-up)"
 exit $status
