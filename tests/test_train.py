@@ -88,3 +88,25 @@ def test_cli_rejects_unknown_config_keys(tmp_path):
 def test_cli_overrides_reach_the_config(tmp_path):
   result = run_cli('--config=configs/shapes.py', f'--workdir={tmp_path}', '--config.data.max_boxes=0')
   assert result.returncode != 0 and 'data.max_boxes=0 must be positive' in result.stderr
+
+
+def test_same_seed_same_parameters(data_root, tmp_path):
+  config = tiny_config(data_root, num_steps=2, final_eval=False)
+  train_lib.train_and_evaluate(config, str(tmp_path / 'a'))
+  train_lib.train_and_evaluate(config, str(tmp_path / 'b'))
+  a, b = final_params(str(tmp_path / 'a'), config), final_params(str(tmp_path / 'b'), config)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_checkpoint_of_another_architecture_is_refused(data_root, tmp_path):
+  config = tiny_config(data_root, num_steps=1, final_eval=False)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  wider = tiny_config(data_root)
+  wider.model.fpn_channels = 32
+  with pytest.raises(ValueError, match=r'mis-shaped .*neck/fpn_6/bias: checkpoint \(16,\) vs model \(32,\)'):
+    final_params(str(tmp_path), wider)
+  deeper = tiny_config(data_root)
+  deeper.model.depth = 34
+  with pytest.raises(ValueError, match=r'missing .*backbone/res3c'):
+    final_params(str(tmp_path), deeper)
