@@ -84,6 +84,10 @@ def get_config():
   t.keep_checkpoints = 3
   t.init_checkpoint = ''  # Orbax checkpoint (e.g. converted ImageNet ResNet) to initialise from.
   t.init_backbone_only = True  # Take only the backbone from init_checkpoint (e.g. ImageNet weights).
+  t.coordinator_address = ''  # Multi-process: 'host:port' of process 0; empty for one process (or auto-detect below).
+  t.num_processes = 0  # With coordinator_address: the number of processes.
+  t.process_id = -1  # With coordinator_address: this process's index.
+  t.distributed_auto = False  # Call jax.distributed.initialize() with the cluster's environment (SLURM, ...).
   t.debug_nan_step = -1  # Test hook: make the loss NaN at this step (-1: off).
 
   # --- Optimiser (SGD momentum, coupled L2) ---------------------------------------------------------------------------

@@ -36,6 +36,16 @@ class TrainState:
   opt_state: Any
 
 
+def initialize_distributed(config):
+  """Joins the processes of a multi-host run (before any device is touched); nothing for a single process."""
+  t = config.train
+  if t.coordinator_address:
+    jax.distributed.initialize(coordinator_address=t.coordinator_address, num_processes=t.num_processes,
+                               process_id=t.process_id)
+  elif t.distributed_auto:
+    jax.distributed.initialize()
+
+
 def create_mesh():
   """All devices of all processes along one 'data' axis."""
   return Mesh(np.asarray(jax.devices()), ('data',))
@@ -117,6 +127,7 @@ def train_and_evaluate(config, workdir):
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  initialize_distributed(config)
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = create_mesh()
