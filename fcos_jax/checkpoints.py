@@ -10,6 +10,7 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,24 @@ def save_variables(directory, variables, step=0):
 
 
 def _read_raw_variables(path):
+  """The `variables` item of a step directory, or of the latest step of a CheckpointManager directory, as arrays on
+  this process's first device, whatever mesh saved them (e.g. a multi-host training run)."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'No checkpoint directory at {path}')
-  if os.path.isdir(os.path.join(path, 'variables')):  # A single step directory.
-    return ocp.StandardCheckpointer().restore(os.path.join(path, 'variables'))
-  mgr = ocp.CheckpointManager(path, item_names=('variables',))
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
-  restored = mgr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore()))['variables']
-  mgr.close()
-  return restored
+  item = os.path.join(path, 'variables')
+  if not os.path.isdir(item):  # A CheckpointManager directory.
+    mgr = ocp.CheckpointManager(path, item_names=('variables',))
+    step = mgr.latest_step()
+    mgr.close()
+    if step is None:
+      raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
+    item = os.path.join(path, str(step), 'variables')
+  handler = ocp.StandardCheckpointHandler()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                  handler.metadata(epath.Path(item)))
+  return ocp.StandardCheckpointer().restore(item, target)
 
 
 def _flat(tree):

@@ -1,5 +1,6 @@
 """COCO sources: SPEC filters and label mapping, ground truth, json validation and damaged images, TFDS (mocked)."""
 
+import io
 import json
 import logging
 import os
@@ -101,6 +102,10 @@ def test_shuffled_records_permute_every_epoch(folder):
     (lambda d: d['annotations'][2].update(bbox=[1, 2, 'x', 4]), "annotation 3 has bbox [1, 2, 'x', 4]"),
     (lambda d: d['images'][1].pop('height'), 'image entry needs id, file_name, height and width'),
     (lambda d: d['images'].append(dict(d['images'][0])), 'duplicate image id 1'),
+    (lambda d: d['images'][0].update(height='480'), "image 1 has size '480'x"),
+    (lambda d: d['images'][0].update(width=0), 'image 1 has size'),
+    (lambda d: d['images'][1].update(file_name=7), 'image entry needs an integer id and a string file_name'),
+    (lambda d: d['images'][1].update(id='2'), 'image entry needs an integer id and a string file_name'),
 ])
 def test_bad_json_names_the_file_and_entry(folder, edit, message):
   root, dataset = folder
@@ -108,6 +113,20 @@ def test_bad_json_names_the_file_and_entry(folder, edit, message):
   write_json(root, dataset)
   with pytest.raises(ValueError, match='instances_train.json: ' + message.replace('[', r'\[')):
     coco.FolderSource(root).index('train')
+
+
+def test_unknown_keys_are_ignored(folder):
+  root, dataset = folder
+  plain = coco.FolderSource(root).index('train')
+  dataset.update(info={'year': 2017}, licenses=[], extra=[1, 2])
+  dataset['images'][0].update(coco_url='http://x', flickr_id=5)
+  for ann in dataset['annotations']:
+    ann.update(segmentation=[[0, 0, 1, 1]], attributes={'occluded': True})
+  write_json(root, dataset)
+  index = coco.FolderSource(root).index('train')
+  np.testing.assert_array_equal(index.image_ids, plain.image_ids)
+  for a, b in zip(index.boxes, plain.boxes):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_invalid_json_and_missing_annotations(folder):
@@ -165,6 +184,19 @@ def test_decode_grayscale_and_png_to_rgb():
     assert (image[..., 0] == image[..., 2]).all()
   example, _ = coco.decode(_record(), tf.io.encode_png(gray))
   np.testing.assert_array_equal(example['image'].numpy()[..., 1], gray[..., 0])
+
+
+def test_decode_cmyk_jpeg_to_rgb():
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (pillow comes with matplotlib)
+  y, x = np.mgrid[:40, :60]
+  pixels = np.stack([x * 4, y * 6, 255 - x * 4, np.full_like(x, 40)], -1).astype(np.uint8)  # Smooth: no decoder noise.
+  buffer = io.BytesIO()
+  Image.fromarray(pixels, 'CMYK').save(buffer, 'JPEG', quality=95)
+  example, ok = coco.decode(_record(), tf.constant(buffer.getvalue()))
+  want = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert('RGB'), np.int32)
+  image = example['image'].numpy()
+  assert bool(ok) and image.shape == (40, 60, 3) and image.dtype == np.uint8
+  assert np.abs(image.astype(np.int32) - want).max() <= 3  # Pillow's CMYK -> RGB, up to the decoders' rounding.
 
 
 def test_decode_names_the_damaged_file_or_reports_it():

@@ -84,6 +84,10 @@ def _require(cond, path, message):
     raise ValueError(f'{path}: {message}')
 
 
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_json(dataset, path):
   """Validates a COCO annotation dict eagerly; errors name the json file and the offending entry."""
   _require(isinstance(dataset, dict), path, 'not a COCO annotation file (expected a JSON object).')
@@ -96,9 +100,11 @@ def _check_json(dataset, path):
   for img in dataset['images']:
     _require(isinstance(img, dict) and all(k in img for k in ('id', 'file_name', 'height', 'width')), path,
              f'image entry needs id, file_name, height and width: {img}')
+    _require(_is_int(img['id']) and isinstance(img['file_name'], str), path,
+             f'image entry needs an integer id and a string file_name: {img}')
     _require(img['id'] not in image_ids, path, f'duplicate image id {img["id"]}.')
-    _require(img['height'] > 0 and img['width'] > 0, path,
-             f'image {img["id"]} has size {img["height"]}x{img["width"]}.')
+    _require(_is_int(img['height']) and _is_int(img['width']) and img['height'] > 0 and img['width'] > 0, path,
+             f'image {img["id"]} has size {img["height"]!r}x{img["width"]!r} (expected positive integers).')
     image_ids.add(img['id'])
   category_ids = {c['id'] for c in dataset['categories']}
   for ann in dataset['annotations']:

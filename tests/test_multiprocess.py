@@ -1,0 +1,71 @@
+"""Multi-process data parallelism: two `train.py` processes on this machine (2 CPU devices each), joined by
+`jax.distributed.initialize` on loopback and each reading its own shard of the data, end with the parameters of one
+process that trains on the same global batches (the two shards side by side)."""
+
+import os
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from configs import shapes
+from fcos_jax import checkpoints
+from fcos_jax.data import pipeline, synthetic
+from fcos_jax.model import fcos
+from test_signals import REPO, TINY, cpu_env, train_command
+from test_train_step import run_steps
+
+STEPS = 3
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def tiny_shapes_config(root):
+  """The config that `train_command(..., root)` builds from its flags, as a ConfigDict."""
+  c = shapes.get_config()
+  c.data.update(dict(root=str(root), generate_synthetic=False, short_sizes=(128,), eval_short_size=128, max_size=192,
+                     canvases=((256, 256),), max_boxes=16, shuffle_buffer=32))
+  c.model.update(dict(stem_width=8, fpn_channels=16, gn_groups=4))
+  c.train.num_steps = STEPS
+  return c
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+  root = tmp_path / 'data'
+  synthetic.generate(str(root), num_train=16, num_val=4, seed=0)
+  assert any(flag.startswith('--config.data.canvases') for flag in TINY)  # tiny_shapes_config mirrors TINY.
+  port, workdir = free_port(), tmp_path / 'two'
+  env = {**cpu_env(), 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen(train_command(workdir, root, f'--config.train.num_steps={STEPS}',
+                                          f'--config.train.checkpoint_every={STEPS}',
+                                          f'--config.train.coordinator_address=127.0.0.1:{port}',
+                                          '--config.train.num_processes=2', f'--config.train.process_id={i}'),
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  assert f'step {STEPS}/{STEPS} | loss' in outputs[0] and 'COCO box AP' in outputs[0]  # Process 0 logs, evaluates.
+  assert 'COCO box AP' not in outputs[1]
+  assert os.path.exists(workdir / f'metrics_step{STEPS}.json')
+
+  config = tiny_shapes_config(root)
+  shards = [iter(pipeline.make_train_dataset(config, i, 2)) for i in range(2)]
+  batches = [{k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+             for parts in (tuple(next(s) for s in shards) for _ in range(STEPS))]
+  state, _, _ = run_steps(config, jax.devices()[:4], batches)
+
+  got = checkpoints.load_variables(str(workdir / 'checkpoints'), {'params': state.params, 'frozen': state.frozen})
+  assert checkpoints.manager(str(workdir / 'checkpoints')).latest_step() == STEPS
+  want = jax.device_get(state.params)
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0]]
+  for name, a, b in zip(names, jax.tree_util.tree_leaves(got['params']), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=name)
+  initial = fcos.init_variables(fcos.build_model(config.model), config.seed)['params']
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(initial),
+                                                       jax.tree_util.tree_leaves(want)))  # Training did happen.
