@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from configs.default import get_config
 from fcos_jax import locations
@@ -80,6 +81,26 @@ def test_conv_pads_symmetrically_at_stride_two():
     for j in range(4):
       ref[0, i, j] = np.einsum('hwc,hwco->o', xp[0, 2 * i:2 * i + 3, 2 * j:2 * j + 3], k)
   np.testing.assert_allclose(got, ref + np.asarray(v['params']['bias']), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride,size', [(1, (6, 5)), (2, (9, 8)), (2, (8, 7))])
+def test_pointwise_conv_matches_numpy_and_its_gradients_match_lax_conv(stride, size):
+  x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+  conv = Conv2d(4, 1, stride, use_bias=True)
+  v = conv.init(jax.random.key(1), x)
+  v = {'params': {**v['params'], 'bias': jnp.arange(4.0)}}
+  k = np.asarray(v['params']['kernel'])
+  ref = np.einsum('nhwc,co->nhwo', np.asarray(x)[:, ::stride, ::stride], k[0, 0]) + np.arange(4.0)
+  np.testing.assert_allclose(np.asarray(conv.apply(v, x)), ref, rtol=1e-5, atol=1e-5)
+  # Its gradients are those of the convolution it stands for (padding 0, (k - 1) // 2).
+  as_conv = lambda kernel, x: lax.conv_general_dilated(  # noqa: E731
+      x, kernel, (stride, stride), ((0, 0), (0, 0)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  cot = jax.random.normal(jax.random.key(2), ref.shape)
+  got = jax.vjp(lambda kernel, x: conv.apply({'params': {'kernel': kernel, 'bias': v['params']['bias']}}, x),
+                v['params']['kernel'], x)[1](cot)
+  want = jax.vjp(as_conv, v['params']['kernel'], x)[1](cot)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_frozen_batch_norm_formula():

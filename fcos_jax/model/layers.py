@@ -36,10 +36,13 @@ class Conv2d(nn.Module):
     """x [N, H, W, Cin] -> [N, ceil(H / stride), ceil(W / stride), features] for odd kernels."""
     k = self.kernel_size
     kernel = weight(self, self.frozen, 'kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    pad = (k - 1) // 2
-    y = lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), ((pad, pad), (pad, pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if k == 1:  # A matmul over channels: its weight gradient is a plain GEMM (XLA:CPU's conv one is ~3x slower).
+      y = jnp.einsum('nhwc,cf->nhwf', x[:, ::self.stride, ::self.stride], kernel[0, 0])
+    else:
+      pad = (k - 1) // 2
+      y = lax.conv_general_dilated(x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)),
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
       y = y + weight(self, self.frozen, 'bias', self.bias_init, (self.features,)).astype(self.dtype)
     return y
