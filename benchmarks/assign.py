@@ -7,26 +7,19 @@ The model's time is measured at --model-batch (R50 on CPU is slow) and scaled li
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from configs.default import get_config
 from fcos_jax import locations, losses, targets
 from fcos_jax.model import fcos
 
 
 def median_ms(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # Compile and warm up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+  return timing.measure(lambda: jax.block_until_ready(fn(*args)), repeats)['ms_median']
 
 
 def random_ground_truth(rng, batch, num_boxes, canvas):
@@ -39,14 +32,14 @@ def random_ground_truth(rng, batch, num_boxes, canvas):
   return boxes, labels, valid
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--canvas', type=int, nargs=2, default=(896, 1408))
   parser.add_argument('--boxes', type=int, default=100)
   parser.add_argument('--model-batch', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=5)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   config = get_config()
   canvas = tuple(args.canvas)
   points = locations.points_from_config(canvas, config)
@@ -80,14 +73,14 @@ def main():
   t_loss = median_ms(assign_and_loss, outputs, boxes, labels, valid, repeats=args.repeats)
   t_fwd = median_ms(forward, variables, images, repeats=max(1, args.repeats // 2)) * scale
   t_fb = median_ms(forward_backward, variables['params'], images, repeats=max(1, args.repeats // 2)) * scale
-  print(f'device: {jax.devices()[0].device_kind}, batch {args.batch}, canvas {canvas}, {p} points, '
-        f'{args.boxes} GT slots (model timed at batch {args.model_batch}, scaled)')
-  print(f'{"what":38s} {"ms":>10s}')
-  for name, t in [('assignment', t_assign), ('assignment + loss (value and grad)', t_loss),
-                  ('R50 FCOS forward', t_fwd), ('R50 FCOS forward + backward', t_fb)]:
-    print(f'{name:38s} {t:10.1f}')
-  print(f'assignment + loss share of a forward+backward step: {100 * t_loss / (t_loss + t_fb):.1f}%')
-
+  share = 100 * t_loss / (t_loss + t_fb)
+  rows = [{'what': name, 'ms': t} for name, t in [
+      ('assignment', t_assign), ('assignment + loss (value and grad)', t_loss), ('R50 FCOS forward', t_fwd),
+      ('R50 FCOS forward + backward', t_fb)]]
+  rows.append({'what': 'assignment + loss share of the step (%)', 'ms': share})
+  timing.report('assign', rows, ['what', 'ms'],
+                f'{jax.devices()[0].device_kind}, batch {args.batch}, canvas {canvas}, {p} points, {args.boxes} GT '
+                f'slots (model timed at batch {args.model_batch}, scaled); assignment + loss: {share:.2f}% of the step')
 
 if __name__ == '__main__':
   main()

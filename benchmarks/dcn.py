@@ -6,7 +6,7 @@ Columns: forward and forward + backward (gradients of params and input, as in tr
 (temp + output, from `compiled.memory_analysis()`) of each; and the residuals the backward pass keeps from the
 forward (input included): what a deep network accumulates per layer, and what remat=True removes. x = ratio to conv.
 
-  python benchmarks/dcn.py [--repeats 5] [--dtype float32|bfloat16]
+  python -m benchmarks.dcn [--repeats 5] [--dtype float32|bfloat16]
 """
 
 import argparse
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from fcos_jax.model.dcn import DeformConv2d
 from fcos_jax.model.layers import Conv2d
 
@@ -72,19 +73,15 @@ def residual_bytes(fn, args):
   return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals))
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   dtype = jnp.dtype(args.dtype)
-  print(f'{jax.devices()[0].device_kind}, {args.dtype}, median of {args.repeats} runs; x = ratio to conv')
-  names = ('fwd ms', 'f+b ms', 'fwd MiB', 'f+b MiB', 'saved MiB')
-  header = f"{'size':<13} {'layer':<10}" + ''.join(f' {name:>9} {"x":>5}' for name in names)
-  print(header)
-  print('-' * len(header))
   rng = np.random.default_rng(0)
   layers = ('conv', 'dcn', 'dcn remat')
+  table = []
   for size_name, shape in SIZES.items():
     x = rng.normal(size=shape).astype(np.float32)
     cotangent = rng.normal(size=shape[:3] + (FEATURES,)).astype(np.float32)
@@ -98,13 +95,17 @@ def main():
       saved[name] = residual_bytes(forward, (variables, x))
     compiled = compile_all(programs)
     seconds = median_seconds(compiled, args.repeats)
-    rows = {name: (seconds[name, 'fwd'] * 1e3, seconds[name, 'f+b'] * 1e3,
-                   extra_bytes(compiled[name, 'fwd'][0]) / 2**20, extra_bytes(compiled[name, 'f+b'][0]) / 2**20,
-                   saved[name] / 2**20) for name in layers}
+    rows = {name: {'fwd_ms': seconds[name, 'fwd'] * 1e3, 'fwd_bwd_ms': seconds[name, 'f+b'] * 1e3,
+                   'fwd_mib': extra_bytes(compiled[name, 'fwd'][0]) / 2**20,
+                   'fwd_bwd_mib': extra_bytes(compiled[name, 'f+b'][0]) / 2**20, 'saved_mib': saved[name] / 2**20}
+            for name in layers}
     for name in layers:
-      cells = ''.join(f' {value:9.1f} {value / ref:5.2f}' for value, ref in zip(rows[name], rows['conv']))
-      print(f'{size_name:<13} {name:<10}{cells}')
-
+      row = {'size': size_name, 'layer': name, **rows[name]}
+      row.update({f'{k}_x_conv': v / rows['conv'][k] for k, v in rows[name].items()})
+      table.append(row)
+  timing.report('dcn', table, ['size', 'layer', 'fwd_ms', 'fwd_ms_x_conv', 'fwd_bwd_ms', 'fwd_bwd_ms_x_conv',
+                               'fwd_bwd_mib', 'saved_mib', 'saved_mib_x_conv'],
+                f'{jax.devices()[0].device_kind}, {args.dtype}, median of {args.repeats} runs; x_conv = ratio to conv')
 
 if __name__ == '__main__':
   main()

@@ -3,20 +3,18 @@
 Runs the training pipeline (`make_train_dataset`, NumPy batches included) on the generated shapes dataset with tf.data
 limited to 1 and 2 threads (`threading.private_threadpool_size`) and prints a table.
 
-    python benchmarks/input_pipeline.py [--data DIR] [--batches 30] [--threads 1 2]
+    python -m benchmarks.input_pipeline [--data DIR] [--batches 30] [--threads 1 2]
 """
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fcos_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import timing
+from configs import default
+from fcos_jax.data import pipeline
+from fcos_jax.data import synthetic
 
 
 def measure(config, batches, warmup):
@@ -48,14 +46,15 @@ def main(argv=None):
   print(f'{args.num_images} synthetic images ({data}), short side {config.data.short_sizes}, max '
         f'{config.data.max_size}, canvases {config.data.canvases}, batch {config.train.batch_size}, {os.cpu_count()} '
         f'CPUs')
-  print(f'{"tf.data threads":>16} | {"images/s":>9} | {"ms/image":>8}')
-  print(f'{"-" * 16}-+-{"-" * 9}-+-{"-" * 8}')
+  rows = []
   for threads in args.threads:
     config.data.threads = threads
     rate = measure(config, args.batches, args.warmup)
-    print(f'{threads:>16} | {rate:>9.1f} | {1000 / rate:>8.2f}', flush=True)
-  print(f'load average {os.getloadavg()[0]:.2f} (other processes on the machine lower these numbers)')
-
+    rows.append({'tf_data_threads': threads, 'images_per_s': rate, 'images_per_s_per_thread': rate / threads,
+                 'ms_per_image': 1000 / rate})
+  timing.report('input_pipeline', rows, ['tf_data_threads', 'images_per_s', 'images_per_s_per_thread',
+                                         'ms_per_image'],
+                f'load average {os.getloadavg()[0]:.2f} (other processes on the machine lower these numbers)')
 
 if __name__ == '__main__':
   main()

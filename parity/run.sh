@@ -31,13 +31,7 @@ if [ ! -f .venv-paddle/.installed ]; then
   touch .venv-paddle/.installed
 fi
 
-if [ ! -f .venv-torch/.installed ]; then
-  echo "== creating .venv-torch"
-  "$PYTHON" -m venv .venv-torch
-  .venv-torch/bin/pip install --quiet --upgrade pip
-  .venv-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-  touch .venv-torch/.installed
-fi
+make --no-print-directory PYTHON="$PYTHON" .venv-torch/.installed  # Shared with the benchmarks.
 
 mkdir -p "$WORK"
 rm -rf "$WORK"/ckpt_*
