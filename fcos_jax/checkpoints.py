@@ -6,11 +6,11 @@ Converters write `variables` only; evaluation and backbone initialisation read o
 
 import logging
 import os
+import pathlib
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _read_raw_variables(path):
   handler = ocp.StandardCheckpointHandler()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                  handler.metadata(epath.Path(item)))
+                                  handler.metadata(pathlib.Path(item)))
   return ocp.StandardCheckpointer().restore(item, target)
 
 
