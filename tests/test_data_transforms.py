@@ -37,6 +37,15 @@ def test_resize_moves_boxes_with_the_pixels():
   assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (80, 40, 240, 120)
 
 
+@pytest.mark.parametrize('hw,short', [((480, 640), 800), ((427, 640), 512), ((640, 359), 300), ((33, 17), 64)])
+def test_resize_is_tf_bilinear_rounded(hw, short):
+  image = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+  resized, _, _ = transforms.resize(tf.constant(image), tf.zeros([0, 4]), short=short, max_size=2000)
+  want = np.floor(tf.image.resize(image.astype(np.float32), resized.shape[:2], method='bilinear').numpy() + 0.5)
+  diff = np.abs(resized.numpy().astype(np.int32) - want)
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # Equal up to float rounding at exact halves.
+
+
 def test_resize_caps_the_long_side():
   resized, _, scale = transforms.resize(tf.zeros([100, 400, 3], tf.uint8), tf.zeros([0, 4]), 800, 1333)
   assert resized.shape == (333, 1333, 3)
@@ -104,3 +113,16 @@ def test_prepare_gives_the_batch_contract():
   np.testing.assert_allclose(out['boxes'].numpy()[0], [200 - 55, 10, 200 - 5, 110])  # Flipped in the resized image.
   assert out['labels'].dtype == tf.int32 and out['valid'].dtype == tf.bool and int(out['dropped_boxes']) == 0
   np.testing.assert_array_equal(out['orig_size'].numpy(), [300, 400])
+
+
+def test_prepare_flips_like_mirroring_the_resized_image():
+  image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+  boxes = tf.constant([[10., 20., 70., 80.], [100., 0., 130., 45.]])
+  example = {'image': tf.constant(image), 'boxes': boxes, 'labels': tf.constant([1, 2]), 'image_id': tf.constant(1),
+             'orig_size': tf.constant([90, 130]), 'file': tf.constant('a.jpg')}
+  out = transforms.prepare(example, 160, 1000, tf.constant(True), (256, 256), 4)
+  resized, resized_boxes, _ = transforms.resize(tf.constant(image), boxes, 160, 1000)
+  mirrored, mirrored_boxes = transforms.hflip(resized, resized_boxes)
+  diff = np.abs(out['image'].numpy().astype(np.int32) - mirrored.numpy().astype(np.int32))
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # Equal up to float rounding at exact halves.
+  np.testing.assert_allclose(out['boxes'].numpy()[:2], mirrored_boxes.numpy(), rtol=1e-6, atol=1e-4)
