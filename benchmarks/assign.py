@@ -82,5 +82,6 @@ def main(argv=None):
                 f'{jax.devices()[0].device_kind}, batch {args.batch}, canvas {canvas}, {p} points, {args.boxes} GT '
                 f'slots (model timed at batch {args.model_batch}, scaled); assignment + loss: {share:.2f}% of the step')
 
+
 if __name__ == '__main__':
   main()

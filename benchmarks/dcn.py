@@ -107,5 +107,6 @@ def main(argv=None):
                                'fwd_bwd_mib', 'saved_mib', 'saved_mib_x_conv'],
                 f'{jax.devices()[0].device_kind}, {args.dtype}, median of {args.repeats} runs; x_conv = ratio to conv')
 
+
 if __name__ == '__main__':
   main()

@@ -48,12 +48,13 @@ def main(argv=None):
     peers[batch] = torchvision_fcos.run('inference', batch, canvas, args.repeats,
                                         extra=['--save-weights', weights, *args.peer_args.split()])
 
+  shared = os.path.exists(weights)  # torchvision ran and left its weights: run the same network.
   config = r50_1x.get_config()
-  if os.path.exists(weights):
+  if shared:
     config = tv_convert.torchvision_fcos_config(config)
   config.model.dtype = args.dtype
   model = fcos.build_model(config.model)
-  if os.path.exists(weights):
+  if shared:
     variables = tv_convert.convert_state(tv_convert.load_state_dict(weights), 'fcos_r50')
   else:
     variables = fcos.init_variables(model, 0)

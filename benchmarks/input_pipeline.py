@@ -56,5 +56,6 @@ def main(argv=None):
                                          'ms_per_image'],
                 f'load average {os.getloadavg()[0]:.2f} (other processes on the machine lower these numbers)')
 
+
 if __name__ == '__main__':
   main()

@@ -71,5 +71,6 @@ def main(argv=None):
                 f'{jax.devices()[0].device_kind}, canvas {tuple(args.canvas)}, {num_points} points, {args.classes} '
                 f'classes, K={config.postprocess.max_detections}, median of {args.repeats} runs')
 
+
 if __name__ == '__main__':
   main()
