@@ -19,7 +19,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from fcos_jax import eval_lib  # pylint: disable=g-import-not-at-top
+  from fcos_jax import eval_lib, runtime  # pylint: disable=g-import-not-at-top
+  runtime.keep_tensorflow_off_accelerators()
   logging.set_verbosity(logging.WARNING)  # Progress is printed; orbax and TF are chatty at INFO.
   eval_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint)
 

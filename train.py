@@ -15,7 +15,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from fcos_jax import train_lib  # pylint: disable=g-import-not-at-top  (after flags: keeps --help fast)
+  from fcos_jax import runtime, train_lib  # pylint: disable=g-import-not-at-top  (after flags: keeps --help fast)
+  runtime.keep_tensorflow_off_accelerators()
   logging.set_verbosity(logging.WARNING)  # Progress is printed; orbax and TF are chatty at INFO.
   train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

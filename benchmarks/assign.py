@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import locations, losses, targets
 from fcos_jax.model import fcos
 

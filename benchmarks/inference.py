@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import inputs, timing, torchvision_fcos
-from configs import r50_1x
+from fcos_jax.recipes import r50_1x
 from fcos_jax import eval_lib
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model import fcos

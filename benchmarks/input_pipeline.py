@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from benchmarks import timing
-from configs import default
+from fcos_jax import config as config_lib
 from fcos_jax.data import pipeline
 from fcos_jax.data import synthetic
 
@@ -40,7 +40,7 @@ def main(argv=None):
   if not os.path.exists(os.path.join(data, 'annotations')):
     synthetic.generate(data, num_train=args.num_images, num_val=0)
 
-  config = default.get_config()  # Short side 800, long side <= 1333, canvases 896x1408 / 1408x896, batch 16.
+  config = config_lib.get_config()  # Short side 800, long side <= 1333, canvases 896x1408 / 1408x896, batch 16.
   config.data.update(dict(root=data, train_split='train', val_split='val'))
   config.model.num_classes = len(synthetic.CATEGORIES)
   print(f'{args.num_images} synthetic images ({data}), short side {config.data.short_sizes}, max '

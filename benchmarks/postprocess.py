@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from benchmarks import timing, torchvision_fcos
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import locations, postprocess
 
 

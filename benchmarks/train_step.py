@@ -17,8 +17,8 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import inputs, timing, torchvision_fcos
-from configs import r50_1x
-from fcos_jax import optim, train_lib
+from fcos_jax.recipes import r50_1x
+from fcos_jax import optim, runtime, train_lib
 from fcos_jax.model import fcos
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
   config = r50_1x.get_config()
   config.model.dtype = args.dtype
   config.train.batch_size = args.batch
-  mesh = train_lib.create_mesh()
+  mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
   tx = optim.make_optimizer(config)
   state, shardings = train_lib.create_state(model, tx, config, mesh)

@@ -10,11 +10,11 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import locations, postprocess
+from fcos_jax import checkpoints, locations, postprocess, runtime
+from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
 # The order of COCOeval.stats for boxes.
@@ -103,11 +103,11 @@ def evaluate(config, model, variables, mesh, workdir, step=None):
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   dataset, info = pipeline.make_eval_dataset(config, process_index=jax.process_index(),
                                              process_count=jax.process_count())
-  eval_step = jax.jit(make_eval_step(model, config), out_shardings=NamedSharding(mesh, P()))
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  eval_step = jax.jit(make_eval_step(model, config), out_shardings=runtime.replicated(mesh))
+  variables = jax.device_put(variables, runtime.replicated(mesh))
   results, image_ids, images, start = [], [], 0, time.perf_counter()
   for i, batch in enumerate(dataset):
-    out = jax.device_get(eval_step(variables, pipeline.to_global(batch, mesh)))
+    out = jax.device_get(eval_step(variables, runtime.to_global(batch, mesh)))
     results += detections_to_coco(out, out, info.label_to_category)
     image_ids += np.asarray(out['image_id'])[np.asarray(out['mask'], bool)].tolist()
     images = len(image_ids)
@@ -129,12 +129,11 @@ def evaluate(config, model, variables, mesh, workdir, step=None):
 
 def evaluate_checkpoint(config, workdir, checkpoint=None):
   """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`."""
-  from fcos_jax import checkpoints, train_lib  # pylint: disable=g-import-not-at-top
-  from fcos_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  runtime.initialize_distributed(config)
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   model = fcos.build_model(config.model)
   abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))
   path = checkpoint or os.path.join(workdir, 'checkpoints')
   variables = checkpoints.load_variables(path, abstract)
-  return evaluate(config, model, variables, train_lib.create_mesh(), workdir)
+  return evaluate(config, model, variables, runtime.create_mesh(), workdir)

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fcos_jax import checkpoints
 from fcos_jax import config as config_lib
-from fcos_jax import locations, losses, optim, targets
+from fcos_jax import eval_lib, locations, losses, optim, runtime, targets
 from fcos_jax.model import fcos
 
 log = logging.getLogger(__name__)
@@ -34,21 +33,6 @@ class TrainState:
   params: Any
   frozen: Any
   opt_state: Any
-
-
-def initialize_distributed(config):
-  """Joins the processes of a multi-host run (before any device is touched); nothing for a single process."""
-  t = config.train
-  if t.coordinator_address:
-    jax.distributed.initialize(coordinator_address=t.coordinator_address, num_processes=t.num_processes,
-                               process_id=t.process_id)
-  elif t.distributed_auto:
-    jax.distributed.initialize()
-
-
-def create_mesh():
-  """All devices of all processes along one 'data' axis."""
-  return Mesh(np.asarray(jax.devices()), ('data',))
 
 
 def make_train_step(model, config, tx):
@@ -85,7 +69,7 @@ def create_state(model, tx, config, mesh):
                       opt_state=tx.init(variables['params']))
 
   abstract = jax.eval_shape(init)
-  shardings = jax.tree_util.tree_map(lambda _: NamedSharding(mesh, P()), abstract)
+  shardings = jax.tree_util.tree_map(lambda _: runtime.replicated(mesh), abstract)
   return jax.jit(init, out_shardings=shardings)(), shardings
 
 
@@ -123,14 +107,13 @@ def _format(step, num_steps, metrics, images_per_s):
 
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, returns the final metrics."""
-  from fcos_jax import eval_lib  # pylint: disable=g-import-not-at-top
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  initialize_distributed(config)
+  runtime.initialize_distributed(config)
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  mesh = create_mesh()
+  mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
   tx = optim.make_optimizer(config)
   state, shardings = create_state(model, tx, config, mesh)
@@ -149,7 +132,7 @@ def train_and_evaluate(config, workdir):
     state = jax.device_put(state.replace(params=loaded['params'], frozen=loaded['frozen']), shardings)
 
   step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0,
-                    out_shardings=(shardings, NamedSharding(mesh, P())))
+                    out_shardings=(shardings, runtime.replicated(mesh)))
   writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if jax.process_index() == 0 else None
   previous = signal.signal(signal.SIGTERM, _Stop.handler)
   num_steps, log_every = config.train.num_steps, config.train.log_every
@@ -158,7 +141,7 @@ def train_and_evaluate(config, workdir):
   metrics = {}
   try:
     while step < num_steps:
-      batch = pipeline.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
+      batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
       state, step_metrics = step_fn(state, batch)
       step += 1
       pending.append(step_metrics)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
+from fcos_jax import config as config_lib
 from fcos_jax import checkpoints, convert, locations, losses, postprocess, targets
 from fcos_jax.convert import torchvision
 from fcos_jax.model import fcos
@@ -144,7 +144,7 @@ def load_converted(path, model_cfg):
 def paddle_models(table, work, images):
   for arch in ('fcos_r50', 'fcos_dcn_r50'):
     column = f'paddle {arch}'
-    config = default.get_config()
+    config = config_lib.get_config()
     config.model = convert.model_config(arch, config)
     model = fcos.build_model(config.model)
     variables = load_converted(f'{work}/ckpt_paddle_{arch}', config.model)
@@ -166,7 +166,7 @@ def paddle_models(table, work, images):
 
 
 def torchvision_models(table, work, images, image_hw):
-  config = torchvision.torchvision_fcos_config(default.get_config())
+  config = torchvision.torchvision_fcos_config(config_lib.get_config())
   column = 'torchvision fcos'
   model = fcos.build_model(config.model)
   variables = load_converted(f'{work}/ckpt_torch_fcos_r50', config.model)
@@ -188,7 +188,7 @@ def torchvision_models(table, work, images, image_hw):
 
 def compare_backbone(table, column, checkpoint, reference, images):
   """C3-C5 of a converted backbone-only checkpoint, read as training reads train.init_checkpoint."""
-  abstract = convert.abstract_variables(default.get_config().model)
+  abstract = convert.abstract_variables(config_lib.get_config().model)
   zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   variables = checkpoints.load_variables(checkpoint, zeros, backbone_only=True)
   backbone = {k: v['backbone'] for k, v in variables.items()}
@@ -202,7 +202,7 @@ def compare_backbone(table, column, checkpoint, reference, images):
 def assignment(table, work, inputs):
   """fcos_jax.targets.assign_batch vs Gt2FCOSTarget on every case: labels exactly, reg and centerness closely."""
   ref = np.load(f'{work}/paddle_assign.npz')
-  config = default.get_config()
+  config = config_lib.get_config()
   mismatched, positives, reg_err, ctr_err = 0, 0, 0.0, 0.0
   canvases = inputs['assign_canvas']
   for canvas in np.unique(canvases, axis=0):
@@ -230,7 +230,7 @@ def assignment(table, work, inputs):
 def loss(table, work, inputs):
   """fcos_jax.losses.fcos_loss (clamp_normalizers=False) vs FCOSLoss, quality 'centerness' and 'iou'."""
   ref = np.load(f'{work}/paddle_loss.npz')
-  config = default.get_config()
+  config = config_lib.get_config()
   points = locations.points_from_config(inputs['images'].shape[1:3], config)
   got_targets = targets.assign_batch(points, inputs['loss_boxes'], inputs['loss_labels'], inputs['loss_valid'],
                                      config.assign)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-workdirs/parity}
-JAX_PY=(env PYTHONPATH="$PWD" .venv/bin/python)  # fcos_jax and configs/ from this checkout.
+JAX_PY=(env PYTHONPATH="$PWD" .venv/bin/python)  # fcos_jax from this checkout.
 
 if [ ! -x .venv/bin/python ]; then
   echo "No .venv: run 'make test' first." >&2

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import checkpoints, convert
 from fcos_jax.convert import __main__ as cli
 from fcos_jax.convert import paddle, torchvision

@@ -274,9 +274,9 @@ def test_tfds_records_and_ground_truth(mocked_tfds):
 
 
 def test_tfds_pipeline(mocked_tfds):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from fcos_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
+  config = config_lib.get_config()
   config.data.update(dict(source='tfds', tfds_data_dir='/nonexistent/tfds', short_sizes=(320,), eval_short_size=320,
                           max_size=480, canvases=((384, 512), (512, 384)), max_boxes=10, shuffle_buffer=16))
   config.train.batch_size = config.eval.batch_size = 2

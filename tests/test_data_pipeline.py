@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import default
+from fcos_jax import config as config_lib
+from fcos_jax import runtime
 from fcos_jax.data import pipeline
 from fcos_jax.data import synthetic
 
@@ -26,7 +27,7 @@ def root(tmp_path_factory):
 
 
 def make_config(root, **data):
-  c = default.get_config()
+  c = config_lib.get_config()
   c.data.update({**dict(root=root, train_split='train', val_split='val', short_sizes=(288, 320), eval_short_size=320,
                         max_size=480, canvases=CANVASES, max_boxes=12, shuffle_buffer=64), **data})
   c.model.num_classes = 5
@@ -209,7 +210,7 @@ def test_to_global_shards_over_data(root):
   config.train.batch_size = 8
   batch = take(pipeline.make_train_dataset(config), 1)[0]
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
-  arrays = pipeline.to_global(batch, mesh)
+  arrays = runtime.to_global(batch, mesh)
   for k, v in arrays.items():
     assert v.shape == batch[k].shape and v.dtype == batch[k].dtype and len(v.sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(v), batch[k])

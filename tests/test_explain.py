@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import explain, explain_plots, locations, targets
 
 IMAGE_HW = (200, 300)  # Canvas (256, 384) by default.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import locations
 from fcos_jax.model import fcos
 from fcos_jax.model.layers import Conv2d, FrozenBatchNorm
@@ -152,7 +152,7 @@ def test_group_norm_backbone_trains_from_scratch():
 
 
 def test_dcn_r50_parameter_count_and_seed_recipes():
-  from configs import r50_dcn_1x, r50_ms_2x
+  from fcos_jax.recipes import r50_dcn_1x, r50_ms_2x
   model = fcos.build_model(r50_dcn_1x.get_config().model)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
   assert fcos.count_parameters(variables) == 33_666_513  # Paddle's DCN R50 FCOS.

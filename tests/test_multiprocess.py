@@ -9,7 +9,7 @@ import subprocess
 import jax
 import numpy as np
 
-from configs import shapes
+from fcos_jax.recipes import shapes
 from fcos_jax import checkpoints
 from fcos_jax.data import pipeline, synthetic
 from fcos_jax.model import fcos

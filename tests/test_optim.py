@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import config as config_lib
 from fcos_jax import optim
 

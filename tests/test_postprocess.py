@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import boxes, locations, postprocess
 
 CANVAS = (64, 96)  # P = 8*12 + 4*6 + 2*3 + 1*2 + 1*1 = 129 points.

@@ -188,7 +188,7 @@ def test_no_boxes_is_all_background_and_finite(points):
 
 
 def test_assign_batch_is_vmapped_assign(points):
-  from configs.default import get_config
+  from fcos_jax.config import get_config
   cfg = get_config().assign
   rng = np.random.default_rng(8)
   boxes = np.stack([random_boxes(rng, 6), random_boxes(rng, 6)])

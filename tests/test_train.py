@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import shapes
+from fcos_jax.recipes import shapes
 from fcos_jax import checkpoints, train_lib
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos

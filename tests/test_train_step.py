@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from configs.default import get_config
+from fcos_jax.config import get_config
 from fcos_jax import optim, train_lib
 from fcos_jax.model import fcos
 

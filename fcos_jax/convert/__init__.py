@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
+from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
 # Architectures a source file may hold: model-config overrides, and whether only the backbone is in the file.
@@ -48,10 +48,10 @@ def scalar(x):
 
 
 def model_config(arch, config=None):
-  """The `model` section for `arch`: `config.model` (default: configs/default.py) with the arch's overrides."""
+  """The `model` section for `arch`: `config.model` (default: `fcos_jax.config.get_config()`) with the arch's overrides."""
   if arch not in ARCHS:
     raise ValueError(f'Unknown arch {arch!r}; choose one of {sorted(ARCHS)}')
-  m = (config or default.get_config()).model.copy_and_resolve_references()
+  m = (config or config_lib.get_config()).model.copy_and_resolve_references()
   m.update(ARCHS[arch]['overrides'])
   return m
 

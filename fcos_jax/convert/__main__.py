@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from configs import default
+from fcos_jax import config as config_lib
 from fcos_jax import checkpoints, convert
 from fcos_jax.convert import paddle, torchvision
 
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 def check_written(directory, source, arch):
   """Reads the written checkpoint back the way training and evaluation will, against the model it is meant for."""
-  config = default.get_config()
+  config = config_lib.get_config()
   if source == 'torchvision':
     config = torchvision.torchvision_fcos_config(config)
   abstract = convert.abstract_variables(convert.model_config(arch, config))

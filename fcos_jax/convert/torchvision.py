@@ -28,7 +28,7 @@ import zipfile
 
 import numpy as np
 
-from configs import default
+from fcos_jax import config as config_lib
 from fcos_jax import convert
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def convert_state(state, arch, config=None):
   if arch not in ('fcos_r50', 'resnet50'):
     raise ValueError(f"torchvision has no {arch!r}; use 'fcos_r50' (fcos_resnet50_fpn) or 'resnet50'")
   backbone_only = convert.ARCHS[arch]['backbone_only']
-  base = torchvision_fcos_config(config or default.get_config())
+  base = torchvision_fcos_config(config or config_lib.get_config())
   wanted = convert.scoped(convert.abstract_variables(convert.model_config(arch, base)), backbone_only)
   state = {re.sub(r'^(backbone\.fpn\.(?:inner|layer)_blocks\.\d)\.(weight|bias)$', r'\1.0.\2', k): v
            for k, v in state.items()}

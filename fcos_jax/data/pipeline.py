@@ -1,4 +1,4 @@
-"""tf.data assembly: training and evaluation batches per process, canvas buckets, and global jax.Arrays.
+"""tf.data assembly: training and evaluation batches per process and canvas buckets.
 
 Batch contract (NumPy dicts; B = batch size per process, G = data.max_boxes, (H, W) one canvas per batch):
   image [B, H, W, 3] uint8 (zero padded), boxes [B, G, 4] float32 xyxy canvas pixels (padded slots zero),
@@ -16,19 +16,12 @@ import os
 import re
 import threading
 
-import jax
-from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import tensorflow as tf
 
 from fcos_jax.data import coco
 from fcos_jax.data import synthetic
 from fcos_jax.data import transforms
-
-try:
-  tf.config.set_visible_devices([], 'GPU')  # tf.data must never take the accelerators from JAX.
-except RuntimeError:  # TensorFlow ran before this import: too late to hide them.
-  logging.warning('TensorFlow was initialised before fcos_jax.data.pipeline was imported and may hold GPU memory.')
 
 _ESTIMATE_IMAGES = 1000  # Images whose orientation estimates the bucket mix of a TFDS training split.
 _SOURCES = {}  # Sources by their config, so that periodic evaluations parse the json / scan TFDS only once.
@@ -291,8 +284,3 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1):
   info = EvalInfo(num_batches, n, source.category_ids(split), source.coco_gt(split))
   return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, num_batches), info
 
-
-def to_global(batch, mesh):
-  """Process-local NumPy batch -> dict of jax.Arrays sharded over the mesh's 'data' axis (leading dimension)."""
-  sharding = NamedSharding(mesh, PartitionSpec('data'))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

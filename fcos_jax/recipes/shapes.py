@@ -4,11 +4,11 @@
 first use, trains, evaluates on its val split and prints the COCO table.
 """
 
-from configs import default
+from fcos_jax import config as config_lib
 
 
 def get_config():
-  c = default.get_config()
+  c = config_lib.get_config()
   c.data.root = 'data/shapes'
   c.data.generate_synthetic = True
   c.data.train_split = 'train'

@@ -1,7 +1,7 @@
 """PaddleDetection's fcos_r50_fpn_multiscale_2x_coco (41.8 box AP): short side drawn from 640..800 per image,
 180k steps at batch 16, drops at 120k and 160k."""
 
-from configs import r50_1x
+from fcos_jax.recipes import r50_1x
 
 
 def get_config():

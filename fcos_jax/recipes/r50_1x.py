@@ -4,11 +4,11 @@ Set data.root to a COCO folder (or data.source='tfds' with data.tfds_data_dir) a
 converted ImageNet ResNet-50 (python -m fcos_jax.convert paddle ResNet50_cos_pretrained.pdparams DIR --arch resnet50).
 """
 
-from configs import default
+from fcos_jax import config as config_lib
 
 
 def get_config():
-  c = default.get_config()
+  c = config_lib.get_config()
   c.data.root = 'data/coco'
   c.train.batch_size = 16
   c.train.num_steps = 90_000
