@@ -1,7 +1,9 @@
-"""Checkpoints: orbax CheckpointManager directories with a `variables` item ({'params', 'frozen'}) and, for
-training runs, a `train` item (step, optimizer state) plus each process's tf.data iterator state beside them.
+"""Checkpoints: orbax CheckpointManager directories with a `variables` item ({'params', 'frozen'}), a `metadata`
+item (the config and the class names that go with the variables) and, for training runs, a `train` item (step,
+optimizer state) plus each process's tf.data iterator state beside them.
 
-Converters write `variables` only; evaluation and backbone initialisation read only `variables`.
+Converters write `variables` and `metadata`; evaluation, prediction and backbone initialisation read `variables`
+and, where no config is given, `metadata`. Checkpoints written before `metadata` existed still load with a config.
 """
 
 import logging
@@ -12,10 +14,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fcos_jax import config as config_lib
+
 log = logging.getLogger(__name__)
 
 
-def manager(directory, keep=3, item_names=('variables', 'train')):
+def manager(directory, keep=3, item_names=('variables', 'train', 'metadata')):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=item_names)
 
@@ -24,13 +28,23 @@ def _data_state_path(directory, step):
   return os.path.join(os.path.abspath(directory), 'data_state', f'step_{step}', f'process_{jax.process_index()}')
 
 
-def save(mgr, step, variables, train, data_iterator=None):
+def make_metadata(config, class_names=None, category_ids=None):
+  """What a checkpoint records beside its variables: the resolved config, and the name and dataset category id of
+  each label (None where unknown, e.g. an ImageNet backbone)."""
+  return {'config': config_lib.to_dict(config),
+          'class_names': None if class_names is None else [str(n) for n in class_names],
+          'category_ids': None if category_ids is None else [int(i) for i in category_ids]}
+
+
+def save(mgr, step, variables, train, data_iterator=None, metadata=None):
   """Saves at `step` (arrays asynchronously); the data iterator state is written first, synchronously."""
   if data_iterator is not None:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.train.Checkpoint(iterator=data_iterator).write(_data_state_path(mgr.directory, step))
-  mgr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                         train=ocp.args.StandardSave(train)))
+  items = dict(variables=ocp.args.StandardSave(variables), train=ocp.args.StandardSave(train))
+  if metadata is not None:
+    items['metadata'] = ocp.args.JsonSave(metadata)
+  mgr.save(step, args=ocp.args.Composite(**items))
 
 
 def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=None):
@@ -52,28 +66,55 @@ def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=No
   return restored['variables'], restored['train']
 
 
-def save_variables(directory, variables, step=0):
-  """Writes {'params', 'frozen'} as step `step` of a CheckpointManager directory (the converters' output)."""
-  mgr = manager(directory, keep=1, item_names=('variables',))
-  mgr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)))
+def save_variables(directory, variables, metadata, step=0):
+  """Writes {'params', 'frozen'} and `metadata` (`make_metadata`) as step `step` of a CheckpointManager directory
+  (the converters' output)."""
+  mgr = manager(directory, keep=1, item_names=('variables', 'metadata'))
+  mgr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
+                                         metadata=ocp.args.JsonSave(metadata)))
   mgr.wait_until_finished()
   mgr.close()
+
+
+def _step_directory(path):
+  """`path` itself if it is one step of a checkpoint, else the latest step of the CheckpointManager directory."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'No checkpoint directory at {path}')
+  if os.path.isdir(os.path.join(path, 'variables')):
+    return path
+  mgr = ocp.CheckpointManager(path, item_names=('variables',))
+  step = mgr.latest_step()
+  mgr.close()
+  if step is None:
+    raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
+  return os.path.join(path, str(step))
+
+
+def read_metadata(path):
+  """The `metadata` of the checkpoint at `path` (a step or a CheckpointManager directory, whose latest step is
+  read): {'config': dict, 'class_names': list or None, 'category_ids': list or None}; None if it has none."""
+  item = pathlib.Path(_step_directory(path)) / 'metadata'
+  if not item.is_dir():
+    return None
+  return ocp.JsonCheckpointHandler().restore(item)
+
+
+def config_from_checkpoint(path, config=None):
+  """`config` if given, else the config recorded in the checkpoint at `path`; an error says what to do if neither."""
+  if config is not None:
+    return config
+  metadata = read_metadata(path)
+  if metadata is None:
+    raise ValueError(f'Checkpoint {path} records no config (it predates checkpoint metadata): pass the config it '
+                     'was trained with, e.g. --config=r50_1x.')
+  return config_lib.from_dict(metadata['config'])
 
 
 def _read_raw_variables(path):
   """The `variables` item of a step directory, or of the latest step of a CheckpointManager directory, as arrays on
   this process's first device, whatever mesh saved them (e.g. a multi-host training run)."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'No checkpoint directory at {path}')
-  item = os.path.join(path, 'variables')
-  if not os.path.isdir(item):  # A CheckpointManager directory.
-    mgr = ocp.CheckpointManager(path, item_names=('variables',))
-    step = mgr.latest_step()
-    mgr.close()
-    if step is None:
-      raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
-    item = os.path.join(path, str(step), 'variables')
+  item = os.path.join(_step_directory(path), 'variables')
   handler = ocp.StandardCheckpointHandler()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

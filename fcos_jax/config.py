@@ -5,6 +5,8 @@ Recipes (`r50_1x`, `r50_dcn_1x`, `r50_ms_2x`, `shapes`) are files in `fcos_jax/r
 `get_config()` and override fields; the command-line entry points accept a recipe's name or any config file's path.
 """
 
+import json
+import logging
 import os
 
 import jax
@@ -172,3 +174,37 @@ def recipe_path(name_or_path):
     return candidate
   raise FileNotFoundError(f'No config file {name_or_path!r} (and no recipe of that name; recipes: '
                           f'{", ".join(recipe_names())}).')
+
+
+def to_dict(config):
+  """The config as plain JSON types (tuples become lists), for config.json and checkpoint metadata."""
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def _restore_tuples(default, value):
+  if isinstance(default, tuple) and isinstance(value, list):
+    return tuple(_restore_tuples(default[0] if default else None, v) for v in value)
+  return value
+
+
+def from_dict(values):
+  """A config with the fields of `values` (as from `to_dict`) over today's defaults.
+
+  Keys the schema no longer has are left out with a warning, so configs saved by older versions still load.
+  """
+  config = get_config()
+  unknown = []
+
+  def merge(node, tree, prefix):
+    for key, value in tree.items():
+      if key not in node:
+        unknown.append(prefix + key)
+      elif isinstance(node[key], ml_collections.ConfigDict):
+        merge(node[key], value, f'{prefix}{key}.')
+      else:
+        node[key] = _restore_tuples(node[key], value)
+
+  merge(config, values, '')
+  if unknown:
+    logging.warning('Ignoring config fields this version does not know: %s', ', '.join(unknown))
+  return config

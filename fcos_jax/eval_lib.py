@@ -128,12 +128,16 @@ def evaluate(config, model, variables, mesh, workdir, step=None):
 
 
 def evaluate_checkpoint(config, workdir, checkpoint=None):
-  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`."""
+  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`.
+
+  `config` None takes the config recorded in the checkpoint (its data fields name the evaluation split).
+  """
+  path = checkpoint or os.path.join(workdir, 'checkpoints')
+  config = checkpoints.config_from_checkpoint(path, config)
   runtime.initialize_distributed(config)
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   model = fcos.build_model(config.model)
   abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))
-  path = checkpoint or os.path.join(workdir, 'checkpoints')
   variables = checkpoints.load_variables(path, abstract)
   return evaluate(config, model, variables, runtime.create_mesh(), workdir)

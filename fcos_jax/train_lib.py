@@ -120,6 +120,8 @@ def train_and_evaluate(config, workdir):
   dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count())
   data_iterator = iter(dataset)
   manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
+  source, split = pipeline.make_source(config), config.data.train_split
+  metadata = checkpoints.make_metadata(config, source.class_names(split), source.category_ids(split))
   restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator)
   if restored is not None:
     variables, train = restored
@@ -160,7 +162,7 @@ def train_and_evaluate(config, workdir):
               tf.summary.scalar(f'train/{k}', v)
         pending, tick = [], time.perf_counter()
       if step % config.train.checkpoint_every == 0 or last or _Stop.requested:
-        checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator)
+        checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator, metadata)
       if _Stop.requested:
         print(f'SIGTERM: saved a checkpoint at step {step}; run the same command to resume.', flush=True)
         return metrics

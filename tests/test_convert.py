@@ -16,6 +16,7 @@ from fcos_jax.config import get_config
 from fcos_jax import checkpoints, convert
 from fcos_jax.convert import __main__ as cli
 from fcos_jax.convert import paddle, torchvision
+from fcos_jax.data import categories
 
 STAGES = ((2, 3, 64), (3, 4, 128), (4, 6, 256), (5, 3, 512))  # (stage, blocks, width) of ResNet-50.
 BN = (('weight', 'scale'), ('bias', 'bias'), ('_mean', 'mean'), ('_variance', 'var'))
@@ -159,6 +160,12 @@ def test_paddle_r50_cli_round_trip(tmp_path):
   cli.main(['paddle', str(tmp_path / 'fcos.pdparams'), str(tmp_path / 'ckpt'), '--arch', 'fcos_r50'])
   abstract = convert.abstract_variables(convert.model_config('fcos_r50'))
   assert_landed(checkpoints.load_variables(str(tmp_path / 'ckpt'), abstract), entries, state)
+  # The checkpoint carries what evaluation needs: the model and Paddle-exact post-processing, COCO's classes.
+  metadata = checkpoints.read_metadata(str(tmp_path / 'ckpt'))
+  config = checkpoints.config_from_checkpoint(str(tmp_path / 'ckpt'))
+  assert config.model == convert.model_config('fcos_r50') and config.postprocess.method == 'paddle'
+  assert metadata['class_names'][:3] == ['person', 'bicycle', 'car'] and len(metadata['class_names']) == 80
+  assert metadata['category_ids'] == list(categories.COCO_CATEGORY_IDS)
 
 
 def test_paddle_dcn_names():
@@ -174,7 +181,8 @@ def test_paddle_imagenet_backbone_drops_fc(tmp_path, prefix):
            prefix + 'fc.bias': np.zeros((1000,), np.float32)}
   variables = paddle.convert_state(state, 'resnet50')
   assert_landed(variables, entries, state)
-  checkpoints.save_variables(str(tmp_path), variables)
+  checkpoints.save_variables(str(tmp_path), variables, cli.metadata('paddle', 'resnet50'))
+  assert checkpoints.read_metadata(str(tmp_path))['class_names'] is None  # A backbone has no classes.
   abstract = convert.abstract_variables(convert.model_config('resnet50'))
   init = jax.tree_util.tree_map(lambda s: np.full(s.shape, 7.0, s.dtype), abstract)
   loaded = convert.flatten(checkpoints.load_variables(str(tmp_path), init, backbone_only=True))

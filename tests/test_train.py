@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fcos_jax.recipes import shapes
-from fcos_jax import checkpoints, train_lib
+from fcos_jax import checkpoints, eval_lib, train_lib
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
 
@@ -55,6 +55,13 @@ def test_train_and_evaluate_end_to_end(data_root, tmp_path, capsys):
   assert os.path.exists(tmp_path / 'metrics_step3.json') and os.path.exists(tmp_path / 'results_step3.json')
   assert os.listdir(tmp_path / 'tensorboard')
   assert checkpoints.manager(str(tmp_path / 'checkpoints')).latest_step() == 3
+  metadata = checkpoints.read_metadata(str(tmp_path / 'checkpoints'))
+  assert metadata['class_names'] == [name for _, name, _ in synthetic.CATEGORIES]
+  assert metadata['category_ids'] == [cid for cid, _, _ in synthetic.CATEGORIES]
+  assert checkpoints.config_from_checkpoint(str(tmp_path / 'checkpoints')) == tiny_config(data_root)
+  # The checkpoint alone is enough to evaluate: same numbers as the run's own final evaluation.
+  again = eval_lib.evaluate_checkpoint(None, str(tmp_path / 'eval'), str(tmp_path / 'checkpoints'))
+  assert again == metrics
 
 
 def test_resume_is_exact(data_root, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from fcos_jax import config as config_lib
 from fcos_jax import checkpoints, convert
 from fcos_jax.convert import paddle, torchvision
+from fcos_jax.data.categories import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
 SOURCES = {'paddle': (paddle.load_pdparams, paddle.convert_state),
            'torchvision': (torchvision.load_state_dict, torchvision.convert_state)}
@@ -34,12 +35,29 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def check_written(directory, source, arch):
-  """Reads the written checkpoint back the way training and evaluation will, against the model it is meant for."""
+def converted_config(source, arch):
+  """The config under which the converted variables compute what `source` computes: the arch's model, and for a
+  Paddle FCOS Paddle-exact post-processing (the published AP), for torchvision its inference semantics."""
   config = config_lib.get_config()
   if source == 'torchvision':
     config = torchvision.torchvision_fcos_config(config)
-  abstract = convert.abstract_variables(convert.model_config(arch, config))
+  elif not convert.ARCHS[arch]['backbone_only']:
+    config.postprocess.method = 'paddle'
+  config.model = convert.model_config(arch, config)
+  return config
+
+
+def metadata(source, arch):
+  """Checkpoint metadata: the config, and the 80 COCO classes for a whole detector (none for a backbone)."""
+  if convert.ARCHS[arch]['backbone_only']:
+    return checkpoints.make_metadata(converted_config(source, arch))
+  return checkpoints.make_metadata(converted_config(source, arch), COCO_CLASS_NAMES, COCO_CATEGORY_IDS)
+
+
+def check_written(directory, source, arch):
+  """Reads the written checkpoint back the way training and evaluation will, against the model it is meant for."""
+  config = checkpoints.config_from_checkpoint(directory)
+  abstract = convert.abstract_variables(config.model)
   backbone_only = convert.ARCHS[arch]['backbone_only']
   if backbone_only:  # load_variables keeps the non-backbone leaves it is given, so they must be arrays.
     abstract = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), abstract)
@@ -55,19 +73,17 @@ def main(argv=None):
     variables = convert_state(load(args.input), args.arch)
   except ValueError as e:
     raise SystemExit(f'Cannot convert {args.input}: {e}') from None
-  checkpoints.save_variables(args.output, variables)
+  checkpoints.save_variables(args.output, variables, metadata(args.source, args.arch))
   check_written(args.output, args.source, args.arch)
 
   leaves = jax.tree_util.tree_leaves(variables)
   print(f'Wrote {len(leaves)} arrays ({sum(x.size for x in leaves):,} values) to {os.path.abspath(args.output)}')
   if args.arch == 'resnet50':
     print(f'Use it as --config.train.init_checkpoint={args.output} (train.init_backbone_only=True).')
-  elif args.source == 'torchvision':
-    flags = ' '.join(f'--config.{k}={v}' for k, v in torchvision.TORCHVISION_FCOS.items())
-    print(f'Evaluate it with torchvision semantics: --checkpoint={args.output} {flags}')
   else:
-    overrides = ''.join(f" --config.model.{k}='{v}'" for k, v in convert.ARCHS[args.arch]['overrides'].items())
-    print(f'Evaluate it as published: --checkpoint={args.output}{overrides} --config.postprocess.method=paddle')
+    semantics = 'torchvision\'s' if args.source == 'torchvision' else 'Paddle-exact'
+    print(f'It records its config ({semantics} post-processing) and the COCO class names: evaluate it with '
+          f'--checkpoint={args.output} --config.data.root=COCO_DIR')
 
 
 if __name__ == '__main__':

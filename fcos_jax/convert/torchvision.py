@@ -30,14 +30,12 @@ import numpy as np
 
 from fcos_jax import config as config_lib
 from fcos_jax import convert
+from fcos_jax.data.categories import COCO_CATEGORY_IDS
 
 log = logging.getLogger(__name__)
 
 # Category ids of the 80 COCO classes: the rows of torchvision's 91-way classifier that fcos_jax keeps.
-COCO_IDS = np.array([
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
-    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
-    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90])
+COCO_IDS = np.array(COCO_CATEGORY_IDS)
 NUM_TORCHVISION_CLASSES = 91
 
 # Config fields under which fcos_jax computes what torchvision's FCOS computes at inference.

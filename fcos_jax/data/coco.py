@@ -20,8 +20,8 @@ import numpy as np
 from pycocotools import coco as coco_api
 import tensorflow as tf
 
-# The 80 COCO category ids; TFDS label i is the i-th of them.
-COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+from fcos_jax.data.categories import COCO_CATEGORY_IDS  # TFDS label i is the i-th of them.
+
 _TFDS_SPLITS = {'train2017': 'train', 'val2017': 'validation'}  # COCO folder names -> TFDS split names.
 
 
@@ -186,6 +186,11 @@ class FolderSource:
     """COCO category id of each label: label i <-> category_ids[i]."""
     return self._load(split)[2]
 
+  def class_names(self, split):
+    """Name of each label, from the json's categories."""
+    gt, _, category_ids = self._load(split)
+    return tuple(str(gt.cats[c].get('name', c)) for c in category_ids)
+
   def coco_gt(self, split):
     """Ground truth of `split` as parsed from its json (all images and annotations, crowd included)."""
     return self._load(split)[0]
@@ -303,6 +308,10 @@ class TfdsSource:
   def category_ids(self, split):
     del split
     return COCO_CATEGORY_IDS
+
+  def class_names(self, split):
+    del split
+    return tuple(self.builder.info.features['objects']['label'].names)
 
   def coco_gt(self, split):
     """Ground truth of `split` built in memory from one pass over the dataset (crowd boxes kept, as in COCO)."""
