@@ -88,8 +88,9 @@ def _is_int(value):
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_json(dataset, path):
-  """Validates a COCO annotation dict eagerly; errors name the json file and the offending entry."""
+def check_structure(dataset, path):
+  """Validates the structure of a COCO annotation dict (types, required keys, unique image ids, positive sizes);
+  errors name the json file and the offending entry. References between entries: see `unknown_references`."""
   _require(isinstance(dataset, dict), path, 'not a COCO annotation file (expected a JSON object).')
   for key in ('images', 'annotations', 'categories'):
     _require(isinstance(dataset.get(key), list), path, f'missing or invalid "{key}" list.')
@@ -106,16 +107,39 @@ def _check_json(dataset, path):
     _require(_is_int(img['height']) and _is_int(img['width']) and img['height'] > 0 and img['width'] > 0, path,
              f'image {img["id"]} has size {img["height"]!r}x{img["width"]!r} (expected positive integers).')
     image_ids.add(img['id'])
-  category_ids = {c['id'] for c in dataset['categories']}
   for ann in dataset['annotations']:
     _require(isinstance(ann, dict) and all(k in ann for k in ('id', 'image_id', 'category_id', 'bbox')), path,
              f'annotation needs id, image_id, category_id and bbox: {ann}')
-    where = f'annotation {ann["id"]}'
-    _require(ann['image_id'] in image_ids, path, f'{where} names unknown image_id {ann["image_id"]}.')
-    _require(ann['category_id'] in category_ids, path, f'{where} names unknown category_id {ann["category_id"]}.')
     bbox = ann['bbox']
     _require(isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox), path,
-             f'{where} has bbox {bbox}.')
+             f'annotation {ann["id"]} has bbox {bbox}.')
+
+
+def unknown_references(dataset):
+  """Annotations of a structurally valid COCO dict (see `check_structure`) that name an image or category id the
+  file does not define: a list of (annotation, 'image_id' or 'category_id')."""
+  known = {'image_id': {img['id'] for img in dataset['images']},
+           'category_id': {cat['id'] for cat in dataset['categories']}}
+  return [(ann, key) for ann in dataset['annotations'] for key in ('image_id', 'category_id')
+          if ann[key] not in known[key]]
+
+
+def _require_known_references(dataset, path):
+  for ann, key in unknown_references(dataset)[:1]:
+    raise ValueError(f'{path}: annotation {ann["id"]} names unknown {key} {ann[key]}.')
+
+
+def load_annotations(path):
+  """The COCO annotation dict of the json file `path`, its structure validated (see `check_structure`)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No annotation file {path}.')
+  try:
+    with open(path) as f:
+      dataset = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: invalid JSON ({e}).') from e
+  check_structure(dataset, path)
+  return dataset
 
 
 def _quiet_coco(dataset):
@@ -139,21 +163,15 @@ class FolderSource:
     """Parses and validates the json of `split` once; returns (COCO, Index, category ids)."""
     if split in self._splits:
       return self._splits[split]
-    path = os.path.join(self.root, 'annotations', f'instances_{split}.json')
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'No annotation file {path}.')
-    try:
-      with open(path) as f:
-        dataset = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: invalid JSON ({e}).') from e
-    _check_json(dataset, path)
+    path = self.annotation_path(split)
+    dataset = load_annotations(path)
+    _require_known_references(dataset, path)
     gt = _quiet_coco(dataset)
     category_ids = tuple(sorted(gt.cats))
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     files, ids, sizes, boxes, labels, missing, dropped = [], [], [], [], [], [], []
     for img in dataset['images']:
-      file = os.path.join(self.root, split, img['file_name'])
+      file = self.image_path(split, img['file_name'])
       if not os.path.exists(file):
         missing.append(file)
         continue
@@ -178,6 +196,14 @@ class FolderSource:
                   tuple(boxes), tuple(labels))
     self._splits[split] = gt, index, category_ids
     return self._splits[split]
+
+  def annotation_path(self, split):
+    """The COCO json of `split`."""
+    return os.path.join(self.root, 'annotations', f'instances_{split}.json')
+
+  def image_path(self, split, file_name):
+    """The file of an image of `split`, from its json `file_name`."""
+    return os.path.join(self.root, split, file_name)
 
   def index(self, split):
     return self._load(split)[1]
