@@ -79,6 +79,7 @@ def get_config():
   d.flip = True  # Random horizontal flip in training.
   d.shuffle_buffer = 1024
   d.skip_bad_images = False  # Count and skip unreadable images instead of failing.
+  d.check_first = False  # Before training: check annotations and image headers (fcos_jax.data.check); stop on problems.
   d.threads = 0  # tf.data private thread pool size; 0: TensorFlow's default (one thread per core).
 
   # --- Training ------------------------------------------------------------------------------------------------------
@@ -140,6 +141,8 @@ def validate(config, num_devices=None):
     problems.append(f'assign.size_bounds {tuple(bounds)} must be {len(m.strides) - 1} increasing values')
   if d.max_boxes <= 0:
     problems.append(f'data.max_boxes={d.max_boxes} must be positive')
+  if d.check_first and d.source != 'folder':
+    problems.append(f"data.check_first needs data.source='folder' (it is {d.source!r})")
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     problems.append(f"model.dtype={m.dtype!r} must be 'float32', 'bfloat16' or 'float16'")
   if t.num_steps <= 0 or t.log_every <= 0:

@@ -112,6 +112,9 @@ def train_and_evaluate(config, workdir):
 
   runtime.initialize_distributed(config)
   config_lib.validate(config)
+  if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
+    from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
+    check.stop_on_problems(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
