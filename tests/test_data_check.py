@@ -183,14 +183,17 @@ def _run(args, cwd):
 
 def test_command_exit_codes(broken, clean, tmp_path):
   root, _, _ = broken
-  result = _run([root, '--split', 'train'], tmp_path)
+  result = _run([root], tmp_path)  # Every split of ROOT/annotations.
   assert result.returncode == 1, result.stderr
   assert 'FAILED: 6 problem(s)' in result.stdout and 'truncated JPEG' in result.stdout
+  assert 'split val' in result.stdout and 'OK: nothing stops training' in result.stdout
   result = _run(['--config=shapes', f'--config.data.root={clean}'], tmp_path)  # A recipe name; train and val.
   assert result.returncode == 0, result.stderr
   assert result.stdout.count('OK: nothing stops training') == 2
   result = _run([clean, '--split', 'nope'], tmp_path)
   assert result.returncode == 2 and 'instances_nope.json' in result.stderr
+  result = _run([], tmp_path)
+  assert result.returncode == 2 and 'give ROOT or --config' in result.stderr
 
 
 def test_training_stops_before_compiling(broken, tmp_path, capsys):

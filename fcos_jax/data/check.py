@@ -14,7 +14,6 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
-import glob
 import os
 import re
 import sys
@@ -311,10 +310,12 @@ def main(argv=None):
       source, default_splits = config_splits(config)
     else:
       source = coco.FolderSource(root)
-      found = sorted(glob.glob(source.annotation_path('*')))
-      default_splits = [re.fullmatch(r'instances_(.*)\.json', os.path.basename(p)).group(1) for p in found]
+      folder = os.path.dirname(source.annotation_path('SPLIT'))
+      found = [re.fullmatch(r'instances_(.+)\.json', f) for f in sorted(os.listdir(folder))] if os.path.isdir(
+          folder) else []
+      default_splits = [m.group(1) for m in found if m]
       if not default_splits and not splits:
-        raise FileNotFoundError(f'No annotation file {source.annotation_path("SPLIT")} in {root}.')
+        raise FileNotFoundError(f'No annotation file {source.annotation_path("SPLIT")}.')
     reports = []
     for split in splits or default_splits:
       print(f'Checking {split} ...', file=sys.stderr, flush=True)
