@@ -5,11 +5,13 @@ Recipes (`r50_1x`, `r50_dcn_1x`, `r50_ms_2x`, `shapes`) are files in `fcos_jax/r
 `get_config()` and override fields; the command-line entry points accept a recipe's name or any config file's path.
 """
 
+import difflib
 import json
 import logging
+import numbers
 import os
+import re
 
-import jax
 import ml_collections
 
 
@@ -119,38 +121,202 @@ def get_config():
   return c
 
 
+class ConfigError(ValueError):
+  """A config that cannot work, or a config file that cannot be found. The message names every bad field, one per
+  line; the command-line entry points print it without a traceback and exit with status 2."""
+
+
+# The values each enumerated field accepts.
+DEPTHS = (18, 34, 50, 101)
+DCN_HEADS = ('none', 'all', 'last')
+BACKBONE_NORMS = ('frozen_bn', 'group_norm')
+DTYPES = ('float32', 'bfloat16', 'float16')
+LOSS_QUALITIES = ('centerness', 'iou')
+POSTPROCESS_METHODS = ('fast', 'paddle')
+DATA_SOURCES = ('folder', 'tfds')
+STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
+
+
+def _leaves(config, prefix=''):
+  """{'section.field': value} of every leaf of a (nested) ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_leaves(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _did_you_mean(name, candidates, quote=False):
+  close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+  return f' (did you mean {close[0]!r}?)' if close and quote else f' (did you mean {close[0]}?)' if close else ''
+
+
+def unknown_field_problem(path):
+  """The problem with the dotted field name `path` ('train.batch_size'), or None if the schema has that field or
+  section. Names the closest field, so that a typo on the command line reads as one clear line."""
+  schema = _leaves(get_config())
+  if path in schema or any(name.startswith(path + '.') for name in schema):
+    return None
+  return f'{path} is not a config field{_did_you_mean(path, list(schema))}'
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _type_problem(path, value, default):
+  """Whether `value` has the type of the schema's `default`: bool, int, float (an int is accepted), str, or a
+  tuple of numbers (or of tuples of numbers)."""
+  if isinstance(default, bool):
+    ok, kind = isinstance(value, bool), 'true or false'
+  elif isinstance(default, numbers.Integral):
+    ok, kind = _is_int(value), 'an integer'
+  elif isinstance(default, numbers.Real):
+    ok, kind = _is_number(value), 'a number'
+  elif isinstance(default, str):
+    ok, kind = isinstance(value, str), 'a string'
+  elif default and isinstance(default[0], tuple):
+    ok = isinstance(value, (tuple, list)) and all(
+        isinstance(v, (tuple, list)) and all(_is_number(x) for x in v) for v in value)
+    kind = 'a tuple of tuples of numbers'
+  else:
+    ok, kind = isinstance(value, (tuple, list)) and all(_is_number(x) for x in value), 'a tuple of numbers'
+  return None if ok else f'{path}={value!r} must be {kind}'
+
+
+def _schema_problems(config):
+  """Fields that the schema lacks (typos), fields missing from `config`, and values of the wrong type."""
+  schema, given = _leaves(get_config()), _leaves(config)
+  problems = [unknown_field_problem(path) for path in given if path not in schema]
+  problems += [f'{path} is missing (config files start from fcos_jax.config.get_config())'
+               for path in schema if path not in given]
+  problems += [_type_problem(path, given[path], default) for path, default in schema.items() if path in given]
+  return [p for p in problems if p]
+
+
+def _invalid(problems):
+  return f'Invalid config: {problems[0]}' if len(problems) == 1 else 'Invalid config:\n  ' + '\n  '.join(problems)
+
+
 def validate(config, num_devices=None):
-  """Raise ValueError naming the field if the config cannot work; returns the config for chaining."""
-  num_devices = num_devices or jax.device_count()
-  problems = []
-  m, d, t, e = config.model, config.data, config.train, config.eval
-  if t.batch_size % num_devices:
-    problems.append(f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices')
-  if e.batch_size % num_devices:
-    problems.append(f'eval.batch_size={e.batch_size} is not divisible by the {num_devices} devices')
-  if not d.canvases:
-    problems.append('data.canvases is empty')
-  largest = max(m.strides)
+  """Raise ConfigError naming every field that cannot work; returns the config for chaining.
+
+  Checks the schema (no unknown or missing field, every value of its field's type), every enumerated value, every
+  size and count, and the rules between fields. With `num_devices` (known once the processes have joined), also
+  that the batches split evenly over the devices; the entry points validate once before that, so that a bad value
+  stops the run before any import of the heavy libraries, data loading or compilation.
+  """
+  problems = _schema_problems(config)
+  if problems:  # The checks below rely on every field being there, with its type.
+    raise ConfigError(_invalid(problems))
+  values = _leaves(config)
+
+  def need(ok, message):
+    if not ok:
+      problems.append(message)
+
+  def one_of(path, allowed):
+    value = values[path]
+    hint = _did_you_mean(value, allowed, quote=True) if isinstance(value, str) else ''
+    need(value in allowed, f'{path}={value!r} must be one of {", ".join(map(repr, allowed))}{hint}')
+
+  def at_least(low, *paths):
+    for path in paths:
+      need(values[path] >= low, f'{path}={values[path]} must be {"positive" if low == 1 else f">= {low}"}')
+
+  m, d, t, o, a = config.model, config.data, config.train, config.optimizer, config.assign
+  one_of('model.depth', DEPTHS)
+  one_of('model.dcn_head', DCN_HEADS)
+  one_of('model.backbone_norm', BACKBONE_NORMS)
+  one_of('model.dtype', DTYPES)
+  one_of('loss.quality', LOSS_QUALITIES)
+  one_of('postprocess.method', POSTPROCESS_METHODS)
+  one_of('data.source', DATA_SOURCES)
+
+  at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
+           'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'data.shuffle_buffer', 'train.batch_size',
+           'train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+           'optimizer.base_batch_size', 'postprocess.pre_nms_top_k', 'postprocess.max_detections', 'eval.batch_size')
+  at_least(0, 'seed', 'data.threads', 'train.eval_every', 'optimizer.warmup_steps', 'optimizer.weight_decay',
+           'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images')
+  at_least(-1, 'model.freeze_at')
+  need(m.freeze_at <= 3, f'model.freeze_at={m.freeze_at} must be at most 3 (the stem and res2..res5 frozen)')
+  need(o.lr > 0, f'optimizer.lr={o.lr} must be positive')
+  need(0 <= o.momentum < 1, f'optimizer.momentum={o.momentum} must be in [0, 1)')
+  need(0 < o.warmup_factor <= 1, f'optimizer.warmup_factor={o.warmup_factor} must be in (0, 1]')
+  need(0 < o.decay_factor <= 1, f'optimizer.decay_factor={o.decay_factor} must be in (0, 1]')
+  decay = list(o.decay_steps)
+  need(all(_is_int(s) and s > 0 for s in decay) and decay == sorted(decay),
+       f'optimizer.decay_steps {tuple(decay)} must be increasing positive integers')
+  need(config.loss.focal_alpha <= 1, f'loss.focal_alpha={config.loss.focal_alpha} must be at most 1 (< 0: off)')
+  p = config.postprocess
+  need(0 <= p.score_threshold < 1, f'postprocess.score_threshold={p.score_threshold} must be in [0, 1)')
+  need(0 <= p.nms_iou <= 1, f'postprocess.nms_iou={p.nms_iou} must be in [0, 1]')
+  need(0 < m.prior_prob < 1, f'model.prior_prob={m.prior_prob} must be in (0, 1)')
+  need(0 <= a.point_offset < 1, f'assign.point_offset={a.point_offset} must be in [0, 1)')
+
+  # The model.
+  need(tuple(m.strides) == STRIDES, f'model.strides {tuple(m.strides)} must be {STRIDES} (P3..P7 of this FPN)')
+  need(len(m.pixel_mean) == 3 and len(m.pixel_std) == 3 and min(m.pixel_std) > 0,
+       f'model.pixel_mean {tuple(m.pixel_mean)} and model.pixel_std {tuple(m.pixel_std)} must be 3 values (RGB), '
+       'the std positive')
+  stages = list(m.dcn_stages)
+  need(all(_is_int(s) and 2 <= s <= 5 for s in stages) and len(set(stages)) == len(stages),
+       f'model.dcn_stages {tuple(stages)} must be distinct stages among 2, 3, 4, 5')
+  need(all(s > 2 + m.freeze_at for s in stages),
+       f'model.dcn_stages {tuple(stages)} overlap the frozen stages (model.freeze_at={m.freeze_at})')
+  need(m.gn_groups <= 0 or m.fpn_channels % m.gn_groups == 0,
+       f'model.fpn_channels={m.fpn_channels} must be divisible by model.gn_groups={m.gn_groups}')
+  if m.backbone_norm == 'group_norm':
+    need(m.freeze_at == -1, 'model.backbone_norm=group_norm trains the backbone from scratch: set model.freeze_at=-1')
+    widths = {m.stem_width * 2**i * f for i in range(4) for f in ((1, 4) if m.depth >= 50 else (1,))}
+    need(m.stem_width <= 0 or all(w % min(32, w) == 0 for w in widths),
+         f'model.stem_width={m.stem_width}: with model.backbone_norm=group_norm every backbone width must be '
+         'divisible by its min(32, width) groups (e.g. a multiple of 32, or 8 or 16)')
+
+  # Target assignment.
+  bounds = list(a.size_bounds)
+  need(len(bounds) == len(STRIDES) - 1 and bounds == sorted(bounds) and len(set(bounds)) == len(bounds)
+       and min(bounds, default=0) > 0,
+       f'assign.size_bounds {tuple(bounds)} must be {len(STRIDES) - 1} increasing positive values')
+
+  # Data.
+  if d.source == 'folder':
+    need(bool(d.root), "data.root is empty: set it to a COCO-format folder (or data.source='tfds')")
+  else:
+    need(bool(d.tfds_name), 'data.tfds_name is empty')
+  need(bool(d.train_split) and bool(d.val_split), 'data.train_split and data.val_split must be split names')
+  need(len(d.short_sizes) > 0 and all(_is_int(s) and 0 < s <= d.max_size for s in d.short_sizes)
+       and d.eval_short_size <= d.max_size,
+       f'data.short_sizes {tuple(d.short_sizes)} and data.eval_short_size={d.eval_short_size} must be positive '
+       f'integers, at most data.max_size={d.max_size}')
+  need(len(d.canvases) > 0, 'data.canvases is empty')
   for canvas in d.canvases:
-    if len(canvas) != 2 or any(int(v) <= 0 or int(v) % largest for v in canvas):
-      problems.append(f'data.canvases entry {tuple(canvas)} must be (H, W) multiples of {largest}')
-  if not d.short_sizes or min(d.short_sizes) <= 0 or d.max_size <= 0:
-    problems.append(f'data.short_sizes {tuple(d.short_sizes)} and data.max_size {d.max_size} must be positive')
-  bounds = list(config.assign.size_bounds)
-  if len(bounds) != len(m.strides) - 1 or bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
-    problems.append(f'assign.size_bounds {tuple(bounds)} must be {len(m.strides) - 1} increasing values')
-  if d.max_boxes <= 0:
-    problems.append(f'data.max_boxes={d.max_boxes} must be positive')
-  if d.check_first and d.source != 'folder':
-    problems.append(f"data.check_first needs data.source='folder' (it is {d.source!r})")
-  if m.dtype not in ('float32', 'bfloat16', 'float16'):
-    problems.append(f"model.dtype={m.dtype!r} must be 'float32', 'bfloat16' or 'float16'")
-  if t.num_steps <= 0 or t.log_every <= 0:
-    problems.append('train.num_steps and train.log_every must be positive')
-  if list(config.optimizer.decay_steps) != sorted(config.optimizer.decay_steps):
-    problems.append(f'optimizer.decay_steps {tuple(config.optimizer.decay_steps)} must be increasing')
+    need(len(canvas) == 2 and all(_is_int(v) and v > 0 and v % STRIDES[-1] == 0 for v in canvas),
+         f'data.canvases entry {tuple(canvas)} must be (H, W) multiples of {STRIDES[-1]}')
+  need(not d.check_first or d.source == 'folder', f"data.check_first needs data.source='folder' (it is {d.source!r})")
+
+  # Processes and devices.
+  if t.coordinator_address:
+    need(re.fullmatch(r'[^:\s]+:\d+', t.coordinator_address) is not None,
+         f'train.coordinator_address={t.coordinator_address!r} must be host:port')
+    need(t.num_processes >= 1 and 0 <= t.process_id < t.num_processes,
+         f'train.coordinator_address needs train.num_processes >= 1 and 0 <= train.process_id < num_processes '
+         f'(got {t.num_processes} and {t.process_id})')
+    need(not t.distributed_auto, 'set train.coordinator_address or train.distributed_auto, not both')
+  if num_devices is not None:
+    need(t.batch_size % num_devices == 0,
+         f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices')
+    need(config.eval.batch_size % num_devices == 0,
+         f'eval.batch_size={config.eval.batch_size} is not divisible by the {num_devices} devices')
   if problems:
-    raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+    raise ConfigError(_invalid(problems))
   return config
 
 
@@ -170,13 +336,14 @@ def recipe_names():
 
 def recipe_path(name_or_path):
   """The file of a config: a shipped recipe's name (`r50_1x`) or the path of any config file."""
-  if os.path.exists(name_or_path):
+  if os.path.isfile(name_or_path):
     return name_or_path
   candidate = os.path.join(RECIPES_DIR, f'{name_or_path}.py')
   if os.sep not in name_or_path and os.path.exists(candidate):
     return candidate
-  raise FileNotFoundError(f'No config file {name_or_path!r} (and no recipe of that name; recipes: '
-                          f'{", ".join(recipe_names())}).')
+  name = os.path.splitext(os.path.basename(name_or_path))[0]
+  raise ConfigError(f'No config file {name_or_path!r} and no recipe of that name{_did_you_mean(name, recipe_names())}'
+                    f'; recipes: {", ".join(recipe_names())}')
 
 
 def to_dict(config):

@@ -135,7 +135,7 @@ def evaluate_checkpoint(config, workdir, checkpoint=None):
   path = checkpoint or os.path.join(workdir, 'checkpoints')
   config = checkpoints.config_from_checkpoint(path, config)
   runtime.initialize_distributed(config)
-  config_lib.validate(config)
+  config_lib.validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   model = fcos.build_model(config.model)
   abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))

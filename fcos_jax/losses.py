@@ -34,8 +34,6 @@ def fcos_loss(outputs, targets, loss_config):
   target; quality 'iou': GIoU loss / num_pos, BCE to the (detached) IoU of the prediction with its target.
   """
   cfg = loss_config
-  if cfg.quality not in ('centerness', 'iou'):
-    raise ValueError(f"loss.quality must be 'centerness' or 'iou', got {cfg.quality!r}")
   num_classes = outputs['cls_logits'].shape[-1]
   pos = targets.positive.astype(jnp.float32)
   num_pos = jnp.sum(pos)

@@ -107,10 +107,8 @@ def detect_one(scores, boxes, image_hw, points, cfg):
     boxes = box_ops.clip(boxes, image_hw)
   if cfg.method == 'fast':
     cand_scores, point, classes = fast_candidates(scores, points, cfg.pre_nms_top_k)
-  elif cfg.method == 'paddle':
+  else:  # 'paddle'
     cand_scores, point, classes = paddle_candidates(scores, cfg.pre_nms_top_k)
-  else:
-    raise ValueError(f"postprocess.method={cfg.method!r} must be 'fast' or 'paddle'")
   cand_boxes = boxes[point]
   k = cfg.max_detections
   keep, kept = greedy_nms(cand_boxes, cand_scores, cand_scores > cfg.score_threshold, classes, cfg.nms_iou,

@@ -111,7 +111,7 @@ def train_and_evaluate(config, workdir):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   runtime.initialize_distributed(config)
-  config_lib.validate(config)
+  config_lib.validate(config, jax.device_count())
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
     check.stop_on_problems(config)

@@ -232,11 +232,6 @@ def test_clip_boxes_to_image_size():
                                 [0, 2, 80, 30])
 
 
-def test_unknown_method_raises():
-  with pytest.raises(ValueError, match='method'):
-    run_detect(random_outputs(np.random.default_rng(0), 1, 3), postprocess_config(method='soft'))
-
-
 @pytest.mark.parametrize('method', ['fast', 'paddle'])
 def test_one_trace_per_input_shape(method):
   cfg = postprocess_config(method=method)

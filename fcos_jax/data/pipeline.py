@@ -28,17 +28,14 @@ _SOURCES = {}  # Sources by their config, so that periodic evaluations parse the
 
 
 def make_source(config):
-  """The data source named by `config.data`; generates the synthetic dataset first when asked and missing."""
+  """The data source named by `config.data` (checked by `config.validate`); generates the synthetic dataset first
+  when asked and missing."""
   d = config.data
   if d.source == 'tfds':
     key = ('tfds', d.tfds_name, d.tfds_data_dir)
     if key not in _SOURCES:
       _SOURCES[key] = coco.TfdsSource(d.tfds_name, d.tfds_data_dir)
     return _SOURCES[key]
-  if d.source != 'folder':
-    raise ValueError(f'Unknown data.source {d.source!r}: expected "folder" or "tfds".')
-  if not d.root:
-    raise ValueError('data.root is empty: set it to a COCO-format folder.')
   jsons = [os.path.join(d.root, 'annotations', f'instances_{split}.json') for split in (d.train_split, d.val_split)]
   if d.generate_synthetic and not all(os.path.exists(path) for path in jsons):
     logging.info('Generating the synthetic dataset in %s', d.root)

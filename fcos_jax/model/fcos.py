@@ -41,14 +41,8 @@ class FCOS(nn.Module):
 
 
 def build_model(model_config):
-  """FCOS from the `model` section of a config."""
+  """FCOS from the `model` section of a config (checked by `config.validate`)."""
   m = model_config
-  if tuple(m.strides) != (8, 16, 32, 64, 128):
-    raise ValueError(f'model.strides must be (8, 16, 32, 64, 128) (P3..P7 of this FPN), got {tuple(m.strides)}')
-  if any(s <= 2 + m.freeze_at for s in m.dcn_stages):
-    raise ValueError(f'model.dcn_stages {tuple(m.dcn_stages)} overlap frozen stages (freeze_at={m.freeze_at})')
-  if m.backbone_norm == 'group_norm' and m.freeze_at >= 0:
-    raise ValueError('model.backbone_norm=group_norm trains the backbone from scratch: set model.freeze_at=-1')
   return FCOS(depth=m.depth, stem_width=m.stem_width, freeze_at=m.freeze_at, dcn_stages=tuple(m.dcn_stages),
               dcn_head=m.dcn_head, backbone_norm=m.backbone_norm, num_classes=m.num_classes,
               fpn_channels=m.fpn_channels, head_convs=m.head_convs, gn_groups=m.gn_groups, prior_prob=m.prior_prob,

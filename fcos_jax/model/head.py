@@ -72,8 +72,6 @@ class FCOSHead(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    if self.dcn not in ('none', 'all', 'last'):
-      raise ValueError(f"model.dcn_head must be 'none', 'all' or 'last', got {self.dcn!r}")
     deformable = tuple(self.dcn == 'all' or (self.dcn == 'last' and i == self.num_convs - 1)
                        for i in range(self.num_convs))
     self.fcos_feat = FCOSFeat(self.channels, self.num_convs, self.gn_groups, deformable, self.dtype)

@@ -103,10 +103,6 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x):
     """x [N, H, W, 3] normalised image -> (C3, C4, C5)."""
-    if self.depth not in STAGE_BLOCKS:
-      raise ValueError(f'ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {self.depth}')
-    if self.norm not in ('frozen_bn', 'group_norm'):
-      raise ValueError(f"model.backbone_norm must be 'frozen_bn' or 'group_norm', got {self.norm!r}")
     bottleneck = self.depth >= 50
     block_cls = BottleneckBlock if bottleneck else BasicBlock
     stem_frozen = self.freeze_at >= 0
