@@ -22,6 +22,7 @@ import optax
 from fcos_jax import checkpoints
 from fcos_jax import config as config_lib
 from fcos_jax import eval_lib, locations, losses, optim, runtime, targets
+from fcos_jax import workdir as workdir_lib
 from fcos_jax.model import fcos
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def train_and_evaluate(config, workdir):
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
     check.stop_on_problems(config)
   os.makedirs(workdir, exist_ok=True)
+  workdir_lib.remember_config(config, workdir)
   mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
   tx = optim.make_optimizer(config)
