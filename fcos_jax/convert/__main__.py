@@ -1,10 +1,11 @@
 """Convert a reference checkpoint into an fcos_jax (orbax) checkpoint directory.
 
-  python -m fcos_jax.convert paddle fcos_r50_fpn_1x_coco.pdparams ckpt/fcos_r50 --arch fcos_r50
-  python -m fcos_jax.convert paddle ResNet50_cos_pretrained.pdparams ckpt/r50_imagenet --arch resnet50
-  python -m fcos_jax.convert torchvision fcos_resnet50_fpn_coco-99b0c1b2.pth ckpt/tv_fcos --arch fcos_r50
+  fcos-convert paddle fcos_r50_fpn_1x_coco.pdparams ckpt/fcos_r50 --arch fcos_r50
+  fcos-convert paddle ResNet50_cos_pretrained.pdparams ckpt/r50_imagenet --arch resnet50
+  fcos-convert torchvision fcos_resnet50_fpn_coco-99b0c1b2.pth ckpt/tv_fcos --arch fcos_r50
 
-The output is read by evaluate.py --checkpoint=DIR (FCOS files) or by training as train.init_checkpoint
+(or python -m fcos_jax.convert ...). The output is read by fcos-evaluate --checkpoint=DIR (FCOS files) or by
+training as train.init_checkpoint
 (resnet50 files, backbone only). The written checkpoint is read back and checked against the model before exiting.
 """
 
@@ -25,7 +26,7 @@ SOURCES = {'paddle': (paddle.load_pdparams, paddle.convert_state),
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m fcos_jax.convert', description=__doc__,
+  parser = argparse.ArgumentParser(prog='fcos-convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('source', choices=sorted(SOURCES), help='the library that wrote INPUT')
   parser.add_argument('input', help='.pdparams file (paddle) or state-dict .pth file (torchvision)')
@@ -65,6 +66,12 @@ def check_written(directory, source, arch):
 
 
 def main(argv=None):
+  """python -m fcos_jax.convert / fcos-convert."""
+  notes = logging.getLogger('fcos_jax.convert')  # The converters' notes (dropped keys), whatever else logs.
+  notes.setLevel(logging.INFO)
+  if not notes.handlers:
+    notes.addHandler(logging.StreamHandler())
+  notes.propagate = False
   args = parse_args(argv)
   if os.path.isdir(args.output) and os.listdir(args.output):
     raise SystemExit(f'{args.output} exists and is not empty; choose a new directory')
@@ -87,8 +94,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  notes = logging.getLogger('fcos_jax.convert')  # The converters' notes (dropped keys), whatever else logs.
-  notes.setLevel(logging.INFO)
-  notes.addHandler(logging.StreamHandler())
-  notes.propagate = False
   main()

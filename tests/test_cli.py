@@ -1,0 +1,107 @@
+"""The package as a user runs it: from a directory outside the repository, without PYTHONPATH, every module imports
+and every entry point (repository scripts and installed console scripts) answers --help; user errors print one short
+message and exit with status 2; a resume with another model stops before any work."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fcos_jax.recipes import shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+CONSOLE_SCRIPTS = ('fcos-train', 'fcos-evaluate', 'fcos-convert')
+
+IMPORT_EVERY_MODULE = """
+import importlib, pkgutil, sys
+import fcos_jax
+names = [m.name for m in pkgutil.walk_packages(fcos_jax.__path__, 'fcos_jax.')]
+for name in names:
+  importlib.import_module(name)
+assert 'configs' not in sys.modules and not any(p in ('', '.') for p in sys.path[1:])
+print(len(names), 'cli' in {n.rsplit('.', 1)[-1] for n in names}, 'recipes.r50_1x' in ' '.join(names))
+"""
+
+
+def user_env(**extra):
+  env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'FCOS_JAX_DEBUG')}
+  return {**env, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2', **extra}
+
+
+def run(command, cwd, **env):
+  return subprocess.run(command, cwd=cwd, env=user_env(**env), capture_output=True, text=True, timeout=300)
+
+
+def test_every_module_imports_outside_the_repository(tmp_path):
+  result = run([sys.executable, '-c', IMPORT_EVERY_MODULE], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  count, has_cli, has_recipes = result.stdout.split()
+  assert int(count) >= 30 and has_cli == has_recipes == 'True'
+
+
+@pytest.mark.parametrize('command', [
+    ['train.py'], ['evaluate.py'], ['-m', 'fcos_jax.convert'], *[[script] for script in CONSOLE_SCRIPTS]])
+def test_entry_points_answer_help(tmp_path, command):
+  if command[0].endswith('.py'):
+    command = [sys.executable, os.path.join(REPO, command[0])]
+  elif command[0] == '-m':
+    command = [sys.executable, *command]
+  else:
+    command = [os.path.join(BIN, command[0])]
+  result = run([*command, '--help'], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.startswith('usage: fcos-')
+  if 'convert' not in ' '.join(command):
+    assert '--config.FIELD=VALUE' in result.stdout and 'r50_dcn_1x' in result.stdout
+
+
+def train_cli(tmp_path, *args, **env):
+  return run([sys.executable, os.path.join(REPO, 'train.py'), f'--workdir={tmp_path / "w"}', *args], tmp_path, **env)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.train.batchsize=4'], 'train.batchsize is not a config field (did you mean train.batch_size?)'),
+    (['--config=r50-1x'], "No config file 'r50-1x' and no recipe of that name (did you mean r50_1x?)"),
+    (['--config.train.batch_size=abc'], "--config.train.batch_size=abc: invalid literal for int()"),
+    (['--config.postprocess.method=fastt'],
+     "Invalid config: postprocess.method='fastt' must be one of 'fast', 'paddle' (did you mean 'fast'?)"),
+    (['--config.data.max_boxes=0'], 'Invalid config: data.max_boxes=0 must be positive'),
+])
+def test_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
+  result = train_cli(tmp_path, *args)
+  assert result.returncode == 2
+  assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith('fcos-train: error: ')
+  assert message in result.stderr
+  assert not os.path.exists(tmp_path / 'w')  # Stopped before any work.
+
+
+def test_verbose_and_debug_variable_show_the_traceback(tmp_path):
+  for result in (train_cli(tmp_path, '--config.train.batchsize=4', '--verbose'),
+                 train_cli(tmp_path, '--config.train.batchsize=4', FCOS_JAX_DEBUG='1')):
+    assert result.returncode != 0 and 'Traceback' in result.stderr and 'ConfigError' in result.stderr
+
+
+def test_evaluate_reports_a_missing_checkpoint_in_one_line(tmp_path):
+  result = run([os.path.join(BIN, 'fcos-evaluate'), f'--workdir={tmp_path}', '--config=shapes',
+                f'--config.data.root={tmp_path / "data"}', f'--checkpoint={tmp_path / "none"}'], tmp_path)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert f'No checkpoint directory at {tmp_path / "none"}' in result.stderr.splitlines()[-1]
+
+
+def test_resume_with_another_model_stops_listing_the_differences(tmp_path):
+  workdir = tmp_path / 'w'
+  saved = shapes.get_config()
+  saved.model.fpn_channels = 16
+  saved.train.batch_size = 16
+  os.makedirs(workdir / 'checkpoints' / '400')
+  (workdir / 'config.json').write_text(saved.to_json())
+  result = train_cli(tmp_path, '--config=shapes', '--config.train.num_steps=1200')  # num_steps may change.
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  assert 'holds checkpoints of a run with another model, assignment or data shape' in lines[-3]
+  assert lines[-2:] == ['  model.fpn_channels: 16 in the saved run, 32 now',
+                        '  train.batch_size: 16 in the saved run, 8 now']
+  assert json.loads((workdir / 'config.json').read_text())['model']['fpn_channels'] == 16  # Left as it was.
