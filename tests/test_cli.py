@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -105,3 +106,36 @@ def test_resume_with_another_model_stops_listing_the_differences(tmp_path):
   assert lines[-2:] == ['  model.fpn_channels: 16 in the saved run, 32 now',
                         '  train.batch_size: 16 in the saved run, 8 now']
   assert json.loads((workdir / 'config.json').read_text())['model']['fpn_channels'] == 16  # Left as it was.
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
+  """A wheel built from the repository, installed into a new venv that borrows this venv's dependencies (a .pth
+  line, so that jax and TensorFlow are not installed again): modules, console scripts, recipes by name."""
+  build = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q', '-w', str(tmp_path / 'dist'), REPO],
+                         capture_output=True, text=True, timeout=600)
+  assert build.returncode == 0, build.stderr[-3000:]
+  assert 'deprecated' not in build.stderr  # setuptools' warning about a TOML-table license.
+  wheel, = (tmp_path / 'dist').glob('fcos_jax-*.whl')
+  venv = tmp_path / 'venv'
+  subprocess.run([sys._base_executable, '-m', 'venv', '--without-pip', str(venv)], check=True, timeout=300)
+  python = str(venv / 'bin' / 'python')
+  site = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  with open(os.path.join(site, 'project_dependencies.pth'), 'w') as f:
+    f.write(sysconfig.get_paths()['purelib'] + '\n')
+  subprocess.run([sys.executable, '-m', 'pip', '--python', python, 'install', '-q', '--no-deps', '--no-index',
+                  str(wheel)], check=True, capture_output=True, timeout=300)
+
+  result = run([python, '-c', IMPORT_EVERY_MODULE + 'print(fcos_jax.__file__)'], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split()[1:3] == ['True', 'True'] and result.stdout.split()[3].startswith(site)
+  for script in CONSOLE_SCRIPTS:
+    result = run([str(venv / 'bin' / script), '--help'], tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f'usage: {script}'), result.stderr[-3000:]
+  result = run([python, '-c', 'from fcos_jax import cli; c = cli.load_config("r50_dcn_1x"); '
+                'print(c.model.dcn_head, cli.load_config("shapes").model.depth)'], tmp_path)
+  assert result.stdout.split() == ['all', '18'], result.stderr[-3000:]
+  result = run([str(venv / 'bin' / 'fcos-evaluate'), '--workdir=w', '--config=r50_1x', '--config.model.depth=51'],
+               tmp_path)
+  assert result.returncode == 2 and result.stderr.startswith('fcos-evaluate: error: Invalid config: model.depth=51')
