@@ -106,8 +106,8 @@ def config_from_checkpoint(path, config=None):
     return config
   metadata = read_metadata(path)
   if metadata is None:
-    raise ValueError(f'Checkpoint {path} records no config (it predates checkpoint metadata): pass the config it '
-                     'was trained with, e.g. --config=r50_1x.')
+    raise config_lib.ConfigError(f'Checkpoint {path} records no config (it predates checkpoint metadata): pass the '
+                                 'config it was trained with, e.g. --config=r50_1x.')
   return config_lib.from_dict(metadata['config'])
 
 

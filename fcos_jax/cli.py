@@ -33,12 +33,13 @@ environment:
 """
 
 
-def make_parser(prog, description):
+def make_parser(prog, description, config_default=DEFAULT_CONFIG):
   """The arguments every command has: --config (its overrides are parsed by `load_config`), --verbose."""
   parser = argparse.ArgumentParser(prog=prog, description=description, epilog=OVERRIDES_HELP, allow_abbrev=False,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default=DEFAULT_CONFIG, metavar='NAME_OR_PATH',
-                      help=f'recipe name or config file (default: {DEFAULT_CONFIG}); see "config" below')
+  default = config_default or 'the config recorded in the checkpoint'
+  parser.add_argument('--config', default=config_default, metavar='NAME_OR_PATH',
+                      help=f'recipe name or config file (default: {default}); see "config" below')
   parser.add_argument('--verbose', action='store_true', help='show tracebacks of user errors')
   return parser
 
@@ -80,7 +81,7 @@ def _load_file(path):
     raise config_lib.ConfigError(f'Config file {path}: {type(e).__name__}: {e}') from e
 
 
-def _apply_overrides(config, overrides):
+def apply_overrides(config, overrides):
   """Sets the `--config.FIELD=VALUE` overrides on `config` with ml_collections' parsers (types kept)."""
   problems = [config_lib.unknown_field_problem(path) for path in map(_override_path, overrides) if path]
   problems = [p for p in problems if p]
@@ -101,17 +102,22 @@ def load_config(name_or_path, overrides=()):
   """The config of a recipe name or config file, with the `--config.FIELD=VALUE` overrides, validated (all but the
   device count, which `train_and_evaluate` and `evaluate_checkpoint` check once the processes have joined)."""
   config = _load_file(config_lib.recipe_path(name_or_path))
-  return config_lib.validate(_apply_overrides(config, overrides))
+  return config_lib.validate(apply_overrides(config, overrides))
 
 
-def run(command, parser, argv=None):
+def run(command, parser, argv=None, recorded_config=None):
   """Parses `argv` (default: sys.argv[1:]) with `parser` and the config arguments, then calls
-  `command(args, config)`; a user error prints one message and exits with status 2."""
+  `command(args, config)`; a user error prints one message and exits with status 2. Without --config (where the
+  parser allows it), the config is `recorded_config(args)` (e.g. a checkpoint's), with the overrides."""
   argv = sys.argv[1:] if argv is None else list(argv)
   verbose = '--verbose' in argv or os.environ.get('FCOS_JAX_DEBUG', '') not in ('', '0')
   try:
     args, rest = parser.parse_known_args(argv)
-    config = load_config(args.config, split_overrides(parser, rest))
+    overrides = split_overrides(parser, rest)
+    if args.config is None:
+      config = config_lib.validate(apply_overrides(recorded_config(args), overrides))
+    else:
+      config = load_config(args.config, overrides)
     return command(args, config)
   except USER_ERRORS as e:
     if verbose:
@@ -144,9 +150,10 @@ def train_main(argv=None):
 
 def evaluate_main(argv=None):
   """fcos-evaluate: COCO box metrics of a checkpoint."""
-  parser = make_parser('fcos-evaluate', 'Evaluate a checkpoint on the config\'s val split: writes results.json and '
-                       'metrics.json into --workdir and prints the COCO table. Joins a multi-process run like '
-                       'training (--config.train.coordinator_address=..., or distributed_auto).')
+  parser = make_parser('fcos-evaluate', 'Evaluate a checkpoint on the val split of its config (the one it records, '
+                       'or --config): writes results.json and metrics.json into --workdir and prints the COCO table. '
+                       'Joins a multi-process run like training (--config.train.coordinator_address=..., or '
+                       'distributed_auto).', config_default=None)
   parser.add_argument('--workdir', required=True, help='directory with checkpoints/; results and metrics are '
                       'written here')
   parser.add_argument('--checkpoint', help='checkpoint directory to evaluate instead of the latest in --workdir '
@@ -158,4 +165,8 @@ def evaluate_main(argv=None):
     runtime.keep_tensorflow_off_accelerators()
     eval_lib.evaluate_checkpoint(config, args.workdir, args.checkpoint)
 
-  run(evaluate, parser, argv)
+  def recorded_config(args):
+    from fcos_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    return checkpoints.config_from_checkpoint(args.checkpoint or os.path.join(args.workdir, 'checkpoints'))
+
+  run(evaluate, parser, argv, recorded_config)

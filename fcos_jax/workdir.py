@@ -31,7 +31,7 @@ def _flat(tree, prefix=''):
 def resume_differences(saved, config):
   """'field: saved -> now' for each RESUME_FIXED field whose value in `saved` (config.json's dict) differs from
   `config`'s; fields that only one of them has (a schema of another version) are not compared."""
-  before, now = _flat(saved), _flat(json.loads(config.to_json()))
+  before, now = _flat(saved), _flat(config_lib.to_dict(config))
   fixed = lambda path: any(path == f or path.startswith(f + '.') for f in RESUME_FIXED)  # noqa: E731
   return [f'{path}: {before[path]} in the saved run, {now[path]} now'
           for path in sorted(now) if fixed(path) and path in before and before[path] != now[path]]
@@ -55,5 +55,5 @@ def remember_config(config, workdir):
           f'mix them. Use a new --workdir, or the saved values ({path}):\n  ' + '\n  '.join(differences))
   if runtime.is_main_process():
     with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json(indent=1))
+      json.dump(config_lib.to_dict(config), f, indent=1)
     os.replace(path + '.tmp', path)

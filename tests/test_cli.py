@@ -8,8 +8,11 @@ import subprocess
 import sys
 import sysconfig
 
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
+from fcos_jax import checkpoints
 from fcos_jax.recipes import shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,11 +88,29 @@ def test_verbose_and_debug_variable_show_the_traceback(tmp_path):
     assert result.returncode != 0 and 'Traceback' in result.stderr and 'ConfigError' in result.stderr
 
 
+def evaluate_cli(tmp_path, *args):
+  return run([os.path.join(BIN, 'fcos-evaluate'), f'--workdir={tmp_path}', *args], tmp_path)
+
+
 def test_evaluate_reports_a_missing_checkpoint_in_one_line(tmp_path):
-  result = run([os.path.join(BIN, 'fcos-evaluate'), f'--workdir={tmp_path}', '--config=shapes',
-                f'--config.data.root={tmp_path / "data"}', f'--checkpoint={tmp_path / "none"}'], tmp_path)
-  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
-  assert f'No checkpoint directory at {tmp_path / "none"}' in result.stderr.splitlines()[-1]
+  for config in ([], ['--config=shapes']):  # Its recorded config or a recipe: the checkpoint is missing either way.
+    result = evaluate_cli(tmp_path, *config, f'--checkpoint={tmp_path / "none"}')
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert f'No checkpoint directory at {tmp_path / "none"}' in result.stderr.splitlines()[-1]
+
+
+def test_evaluate_overrides_the_checkpoints_recorded_config(tmp_path):
+  variables = {'params': {'w': np.zeros(2, np.float32)}, 'frozen': {}}
+  checkpoints.save_variables(str(tmp_path / 'ckpt'), variables, checkpoints.make_metadata(shapes.get_config()))
+  result = evaluate_cli(tmp_path, f'--checkpoint={tmp_path / "ckpt"}', '--config.model.fpn_channels=36')
+  assert result.returncode == 2, result.stderr[-3000:]  # gn_groups=8 is the shapes recipe's, not the default 32.
+  assert result.stderr.splitlines()[-1] == ('fcos-evaluate: error: Invalid config: model.fpn_channels=36 must be '
+                                            'divisible by model.gn_groups=8')
+  old = checkpoints.manager(str(tmp_path / 'old'), item_names=('variables',))  # Written before metadata existed.
+  old.save(0, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)))
+  old.wait_until_finished()
+  result = evaluate_cli(tmp_path, f'--checkpoint={tmp_path / "old"}')
+  assert result.returncode == 2 and 'records no config' in result.stderr.splitlines()[-1], result.stderr[-3000:]
 
 
 def test_resume_with_another_model_stops_listing_the_differences(tmp_path):
