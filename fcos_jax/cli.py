@@ -11,6 +11,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import textwrap
 
 from absl import flags
 from ml_collections import config_flags
@@ -20,9 +21,9 @@ from fcos_jax import config as config_lib
 DEFAULT_CONFIG = 'shapes'  # The demo: trains on CPU in minutes, on a dataset it generates.
 USER_ERRORS = (config_lib.ConfigError, FileNotFoundError)
 
-OVERRIDES_HELP = f"""config:
+CONFIG_HELP = f"""config:
   --config=NAME_OR_PATH    a recipe ({', '.join(config_lib.recipe_names())}) or a config file whose get_config()
-                           starts from fcos_jax.config.get_config() (default: {DEFAULT_CONFIG})
+                           starts from fcos_jax.config.get_config() (default: {{default}})
   --config.FIELD=VALUE     override one field, e.g. --config.train.batch_size=8 --config.data.root=/data/coco
                            --config.data.short_sizes='(640, 800)' --config.data.flip=false
   Every field, with its default and what it does: fcos_jax/config.py (python -c 'import fcos_jax.config as c;
@@ -35,9 +36,10 @@ environment:
 
 def make_parser(prog, description, config_default=DEFAULT_CONFIG):
   """The arguments every command has: --config (its overrides are parsed by `load_config`), --verbose."""
-  parser = argparse.ArgumentParser(prog=prog, description=description, epilog=OVERRIDES_HELP, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   default = config_default or 'the config recorded in the checkpoint'
+  parser = argparse.ArgumentParser(prog=prog, description=textwrap.fill(description, 116),
+                                   epilog=CONFIG_HELP.format(default=default), allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default=config_default, metavar='NAME_OR_PATH',
                       help=f'recipe name or config file (default: {default}); see "config" below')
   parser.add_argument('--verbose', action='store_true', help='show tracebacks of user errors')
