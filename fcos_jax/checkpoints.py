@@ -83,12 +83,13 @@ def _step_directory(path):
     raise FileNotFoundError(f'No checkpoint directory at {path}')
   if os.path.isdir(os.path.join(path, 'variables')):
     return path
-  mgr = ocp.CheckpointManager(path, item_names=('variables',))
-  step = mgr.latest_step()
-  mgr.close()
-  if step is None:
+  # The manager's finished steps, by their directory names (unfinished ones carry a suffix). Listing them, rather
+  # than opening an ocp.CheckpointManager, leaves JAX untouched: evaluation reads the config recorded here before
+  # its processes join (jax.distributed must be initialised before any JAX backend).
+  steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
+  if not steps:
     raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
-  return os.path.join(path, str(step))
+  return os.path.join(path, str(max(steps)))
 
 
 def read_metadata(path):

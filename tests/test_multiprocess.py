@@ -2,12 +2,15 @@
 `jax.distributed.initialize` on loopback and each reading its own shard of the data, end with the parameters of one
 process that trains on the same global batches (the two shards side by side)."""
 
+import json
 import os
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
+import pytest
 
 from fcos_jax.recipes import shapes
 from fcos_jax import checkpoints
@@ -68,3 +71,27 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
   initial = fcos.init_variables(fcos.build_model(config.model), config.seed)['params']
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(initial),
                                                        jax.tree_util.tree_leaves(want)))  # Training did happen.
+
+
+@pytest.mark.slow
+def test_two_evaluate_processes_join_and_read_the_checkpoints_config(tmp_path):
+  """`evaluate.py` without --config on each process: the config recorded in the checkpoint is read before the
+  processes join (reading it must not start JAX), each process evaluates its shard, process 0 scores them all."""
+  root = tmp_path / 'data'
+  synthetic.generate(str(root), num_train=4, num_val=6, seed=0)
+  config = tiny_shapes_config(root)
+  variables = fcos.init_variables(fcos.build_model(config.model), config.seed)
+  checkpoints.save_variables(str(tmp_path / 'ckpt'), variables, checkpoints.make_metadata(config))
+  port = free_port()
+  env = {**cpu_env(), 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
+  procs = [subprocess.Popen([sys.executable, 'evaluate.py', f'--workdir={tmp_path / "eval"}',
+                             f'--checkpoint={tmp_path / "ckpt"}', f'--config.train.coordinator_address=127.0.0.1:{port}',
+                             '--config.train.num_processes=2', f'--config.train.process_id={i}'],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  assert 'COCO box AP' in outputs[0] and 'COCO box AP' not in outputs[1]
+  with open(tmp_path / 'eval' / 'metrics.json') as f:
+    assert json.load(f)['num_images'] == 6  # Both shards (3 + 3 images, padded to the eval batch) were scored.
