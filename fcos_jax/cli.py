@@ -61,7 +61,7 @@ def split_overrides(parser, rest):
     if _override_path(arg) is not None:
       overrides.append(arg)
       expects_value = '=' not in arg and not arg.lstrip('-').startswith('no')
-    elif expects_value and not arg.startswith('-'):  # absl's `--config.FIELD VALUE` form.
+    elif expects_value and not arg.startswith('--'):  # absl's `--config.FIELD VALUE` form (VALUE may be -1).
       overrides.append(arg)
       expects_value = False
     else:

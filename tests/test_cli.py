@@ -12,7 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fcos_jax import checkpoints
+from fcos_jax import checkpoints, cli
+from fcos_jax import config as config_lib
 from fcos_jax.recipes import shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,3 +161,30 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
   result = run([str(venv / 'bin' / 'fcos-evaluate'), '--workdir=w', '--config=r50_1x', '--config.model.depth=51'],
                tmp_path)
   assert result.returncode == 2 and result.stderr.startswith('fcos-evaluate: error: Invalid config: model.depth=51')
+
+
+def test_config_arguments_in_every_form(tmp_path):
+  parser = cli.make_parser('fcos-test', 'test')
+  args, rest = parser.parse_known_args([
+      '--config.model.freeze_at', '-1', '--noconfig.data.flip', '--config.data.short_sizes=(640, 800)',
+      '--config', 'r50_1x', '--config.optimizer.lr=1'])
+  config = cli.load_config(args.config, cli.split_overrides(parser, rest))
+  assert (config.model.freeze_at, config.data.flip, config.data.short_sizes) == (-1, False, (640, 800))
+  assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float) and config.data.root == 'data/coco'
+  assert problem(lambda: cli.load_config('shapes', ['--config.train.eval_every=-2'])) == (
+      'Invalid config: train.eval_every=-2 must be >= 0')
+
+  own = tmp_path / 'my_config.py'
+  own.write_text('from fcos_jax.recipes import shapes\n\ndef get_config():\n  c = shapes.get_config()\n'
+                 '  c.train.num_step = 10\n  return c\n')
+  assert problem(lambda: cli.load_config(str(own))) == (
+      'Invalid config: train.num_step is not a config field (did you mean train.num_steps?)')
+  own.write_text('def get_config():\n  return undefined_name\n')
+  assert problem(lambda: cli.load_config(str(own))) == (
+      f"Config file {own}: NameError: name 'undefined_name' is not defined")
+
+
+def problem(load):
+  with pytest.raises(config_lib.ConfigError) as e:
+    load()
+  return str(e.value)
