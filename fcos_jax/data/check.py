@@ -288,16 +288,11 @@ def _parse(argv):
     parser.error(f'--threads={args.threads} must be positive')
   config = None
   if args.config is not None:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    from fcos_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file('config', None, 'Config file.', flag_values=values)
+    from fcos_jax import cli, config as config_lib  # pylint: disable=g-import-not-at-top
     try:
-      values(['fcos-check-data', f'--config={config_lib.recipe_path(args.config)}', *overrides])
-    except (flags.Error, FileNotFoundError) as e:
+      config = cli.load_config(args.config, overrides)  # Checked as training checks it.
+    except config_lib.ConfigError as e:
       parser.error(str(e))
-    config = values.config
   return config, args.root, args.split, args.threads, args.examples
 
 
