@@ -149,8 +149,11 @@ def _leaves(config, prefix=''):
 
 
 def _did_you_mean(name, candidates, quote=False):
+  """' (did you mean X?)' naming the closest candidate ('X' quoted with `quote`), or '' if none is close."""
   close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-  return f' (did you mean {close[0]!r}?)' if close and quote else f' (did you mean {close[0]}?)' if close else ''
+  if not close:
+    return ''
+  return f' (did you mean {close[0]!r}?)' if quote else f' (did you mean {close[0]}?)'
 
 
 def unknown_field_problem(path):
