@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import checkpoints, locations, postprocess, runtime
+from fcos_jax import checkpoints, predict, runtime
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
@@ -33,8 +33,7 @@ def detections_to_coco(detections, batch, label_to_category, decimals=2):
   if batch.get('mask') is not None:
     keep = keep & np.asarray(batch['mask'], bool)[:, None]
   image, slot = np.nonzero(keep)
-  sy, sx = np.asarray(batch['scale'], np.float64)[image].T
-  xyxy = np.asarray(detections['boxes'], np.float64)[image, slot] / np.stack([sx, sy, sx, sy], axis=-1)
+  xyxy = predict.to_original_pixels(np.asarray(detections['boxes'])[image, slot], np.asarray(batch['scale'])[image])
   xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=-1).round(decimals)
   categories = np.asarray(label_to_category)[np.asarray(detections['classes'])[image, slot]]
   image_ids = np.asarray(batch['image_id'])[image]
@@ -74,14 +73,11 @@ def coco_evaluate(coco_gt, results, image_ids=None):
 
 
 def make_eval_step(model, config):
-  """(variables, batch) -> detections of `postprocess.detect` plus the batch's image_id, scale and mask."""
-  m = config.model
+  """(variables, batch) -> detections of the predictor's `make_detect_fn` plus the batch's image_id, scale, mask."""
+  detect = predict.make_detect_fn(model, config)
 
   def eval_step(variables, batch):
-    images = fcos.normalize_images(batch['image'], batch['size'], m.pixel_mean, m.pixel_std)
-    points = locations.points_from_config(images.shape[1:3], config)
-    outputs = model.apply(variables, images)
-    detections = postprocess.detect(outputs, points, config.postprocess, batch['size'])
+    detections = detect(variables, batch['image'], batch['size'])
     return {**detections, 'image_id': batch['image_id'], 'scale': batch['scale'], 'mask': batch['mask']}
 
   return eval_step

@@ -1,0 +1,220 @@
+"""Inference: images (paths, encoded bytes or uint8 arrays of any size) -> detections in original image pixels.
+
+The one seam from pixels to boxes. `make_detect_fn` is the pure function (variables, uint8 canvases [B, H, W, 3],
+resized sizes [B, 2]) -> detections that evaluation, export and the `Predictor` share. The `Predictor` adds what a
+user needs around it: decoding (gray, RGBA, CMYK -> RGB, as the input pipeline decodes), the evaluation resize
+(`fcos_jax.data.transforms.resize`, the same TensorFlow ops, so the same pixels), canvas buckets, batches padded to a
+fixed size (one compiled program per canvas, reused), and boxes mapped back to the original pixels.
+
+`python -m fcos_jax.predict --checkpoint CKPT INPUTS... --out DIR` draws and writes the detections (see `main`).
+"""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from fcos_jax import checkpoints, locations, postprocess
+from fcos_jax import config as config_lib
+from fcos_jax.model import fcos
+
+
+def make_detect_fn(model, config, outputs='detections'):
+  """The pure inference function (variables, images, sizes) -> dict of arrays, for any canvas and batch size.
+
+  `images` uint8 [B, H, W, 3] RGB, each resized image at the top-left of its zero-padded canvas (H, W multiples of
+  the largest stride); `sizes` int32 [B, 2] (h, w) of the resized images (0, 0 for padding images).
+  outputs='detections': `boxes` [B, K, 4] float32 xyxy canvas pixels, `scores` [B, K], `classes` [B, K] int32,
+  `valid` [B, K] bool (`postprocess.detect`). outputs='points': per point, before any selection, `boxes` [B, P, 4]
+  (decoded canvas pixels, clipped to `sizes` if postprocess.clip_boxes) and `scores` [B, P, C].
+  The points depend only on the canvas shape: they are constants of each compiled program.
+  """
+  if outputs not in ('detections', 'points'):
+    raise ValueError(f"outputs={outputs!r} must be 'detections' or 'points'")
+  m, cfg = config.model, config.postprocess
+
+  def detect(variables, images, sizes):
+    points = locations.points_from_config(images.shape[1:3], config)
+    normalized = fcos.normalize_images(images, sizes, m.pixel_mean, m.pixel_std)
+    raw = model.apply(variables, normalized)
+    if outputs == 'detections':
+      return postprocess.detect(raw, points, cfg, sizes)
+    boxes = postprocess.decode_boxes(raw['reg'], points)
+    if cfg.clip_boxes:
+      boxes = jax.vmap(postprocess.box_ops.clip)(boxes, sizes.astype(boxes.dtype))
+    return {'boxes': boxes, 'scores': postprocess.point_scores(raw['cls_logits'], raw['ctr_logits'], cfg.score_sqrt)}
+
+  return detect
+
+
+def to_original_pixels(boxes, scale):
+  """xyxy canvas-pixel `boxes` [..., 4] / the resize `scale` [..., 2] (sy, sx) -> float64 original pixels."""
+  sy, sx = np.moveaxis(np.asarray(scale, np.float64), -1, 0)
+  return np.asarray(boxes, np.float64) / np.stack([sx, sy, sx, sy], axis=-1)
+
+
+class UnreadableImageError(ValueError):
+  """An input that is not a decodable image; the message names it."""
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf
+
+
+def decode(encoded, name):
+  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (tf.io.decode_image with 3
+  channels: gray repeated, alpha dropped, CMYK JPEGs converted); raises UnreadableImageError naming `name`."""
+  tf = _tf()
+  from fcos_jax.data import coco  # pylint: disable=g-import-not-at-top
+  problem = coco.integrity_problem(tf.constant(encoded)).numpy().decode()
+  if problem:
+    raise UnreadableImageError(f'{name}: {problem}')
+  try:
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+  except tf.errors.OpError as e:
+    raise UnreadableImageError(f'{name}: {e.message}') from None
+
+
+def as_rgb(array, name):
+  """A uint8 array [h, w], [h, w, 1], [h, w, 3] or [h, w, 4] -> RGB [h, w, 3] (gray repeated, alpha dropped, as
+  decoding does); other shapes or dtypes raise ValueError naming `name`."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8:
+    raise ValueError(f'{name}: expected a uint8 image array, got {array.dtype}')
+  if array.ndim == 2:
+    array = array[..., None]
+  if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
+    raise ValueError(f'{name}: expected an image array [h, w], [h, w, 1], [h, w, 3] or [h, w, 4], got '
+                     f'{array.shape}')
+  return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else np.ascontiguousarray(array[..., :3])
+
+
+def load_image(item, name=None):
+  """An input (path, encoded bytes or uint8 array) -> (uint8 RGB [h, w, 3], name for messages)."""
+  if isinstance(item, (str, os.PathLike)):
+    name = name or os.fspath(item)
+    try:
+      with open(item, 'rb') as f:
+        encoded = f.read()
+    except OSError as e:
+      raise UnreadableImageError(f'{name}: {e.strerror}') from None
+    return decode(encoded, name), name
+  if isinstance(item, (bytes, bytearray)):
+    name = name or 'image bytes'
+    return decode(bytes(item), name), name
+  name = name or 'image array'
+  return as_rgb(item, name), name
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """Detections of one image, sorted by score. `boxes` [n, 4] float64 xyxy in original image pixels (not clipped
+  to the image, like evaluation's), `scores` [n], `classes` [n] int (labels), `class_names` n str, `image_size`
+  (h, w) of the original image."""
+  boxes: np.ndarray
+  scores: np.ndarray
+  classes: np.ndarray
+  class_names: list
+  image_size: tuple
+
+
+class Predictor:
+  """Images -> `Prediction`s with a detector; build it `from_checkpoint(path)` or from (config, variables).
+
+  Resizes like evaluation (short side data.eval_short_size, long side <= data.max_size), puts each image on its
+  data.canvases bucket, and runs batches of `batch_size` (default eval.batch_size; the last one padded) through one
+  jitted `make_detect_fn`, compiled once per canvas and reused for every later call.
+  """
+
+  def __init__(self, config, variables, class_names=None, category_ids=None, batch_size=None):
+    config_lib.validate(config, num_devices=1)
+    num_classes = config.model.num_classes
+    self.config = config
+    self.class_names = list(class_names or [f'class_{i}' for i in range(num_classes)])
+    self.category_ids = list(category_ids or range(num_classes))
+    for what, values in (('class_names', self.class_names), ('category_ids', self.category_ids)):
+      if len(values) != num_classes:
+        raise ValueError(f'{len(values)} {what} for model.num_classes={num_classes}')
+    self.batch_size = batch_size or config.eval.batch_size
+    self.canvases = [tuple(int(v) for v in c) for c in config.data.canvases]
+    self.model = fcos.build_model(config.model)
+    self.variables = jax.device_put(variables, jax.local_devices()[0])
+    self._detect = jax.jit(make_detect_fn(self.model, config))
+    self._resize = None
+
+  @classmethod
+  def from_checkpoint(cls, path, config=None, class_names=None, category_ids=None, batch_size=None):
+    """A predictor from a checkpoint directory: its config, class names and category ids come from the metadata
+    that training and the converters write beside it; `config` (a ConfigDict) overrides the stored one and is
+    required for checkpoints without metadata, `class_names` / `category_ids` override the stored ones."""
+    metadata = checkpoints.read_metadata(path) or {}
+    if config is None:
+      if 'config' not in metadata:
+        raise ValueError(f'{path} has no metadata (an older checkpoint): pass its config (e.g. --config r50_1x)')
+      config = config_lib.from_dict(metadata['config'])
+    model = fcos.build_model(config.model)
+    variables = checkpoints.load_variables(path, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
+    return cls(config, variables, class_names or metadata.get('class_names'),
+               category_ids or metadata.get('category_ids'), batch_size)
+
+  def resize(self, image):
+    """uint8 RGB [h, w, 3] -> (resized uint8 [h', w', 3], scale float32 [2] (sy, sx)), evaluation's resize."""
+    if self._resize is None:
+      tf = _tf()
+      from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+      d = self.config.data
+      self._resize = tf.function(
+          lambda img: transforms.resize(img, tf.zeros([0, 4]), d.eval_short_size, d.max_size)[::2],
+          input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    resized, scale = self._resize(image)
+    return resized.numpy(), scale.numpy()
+
+  def canvas_of(self, image_size):
+    """The canvas (H, W) of an original image size (h, w): the bucket evaluation puts it in."""
+    from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+    return self.canvases[int(transforms.canvas_index(np.asarray(image_size), self.canvases))]
+
+  def predict(self, images, names=None):
+    """Detections of each of `images` (paths, encoded bytes, uint8 arrays; any number), in order.
+
+    Unreadable inputs raise UnreadableImageError naming them (`names[i]` if given); nothing is computed then.
+    """
+    names = names or [None] * len(images)
+    loaded = [load_image(item, name) for item, name in zip(images, names)]
+    return self.predict_arrays([image for image, _ in loaded], [name for _, name in loaded])
+
+  def predict_arrays(self, images, names=None):
+    """`predict` for decoded uint8 RGB arrays [h, w, 3]."""
+    names = names or [f'image {i}' for i in range(len(images))]
+    prepared = []
+    for image, name in zip(images, names):
+      canvas = self.canvas_of(image.shape[:2])
+      resized, scale = self.resize(image)
+      if resized.shape[0] > canvas[0] or resized.shape[1] > canvas[1]:
+        raise ValueError(f'{name} resized to {resized.shape[0]}x{resized.shape[1]} does not fit its canvas '
+                         f'{canvas[0]}x{canvas[1]}; enlarge data.canvases.')
+      prepared.append((canvas, resized, scale))
+    pending = []  # Every batch is dispatched before any result is fetched: preparing overlaps computing.
+    for canvas in self.canvases:
+      rows = [i for i, p in enumerate(prepared) if p[0] == canvas]
+      for start in range(0, len(rows), self.batch_size):
+        batch_rows = rows[start:start + self.batch_size]
+        pixels = np.zeros((self.batch_size, *canvas, 3), np.uint8)
+        sizes = np.zeros((self.batch_size, 2), np.int32)
+        for slot, i in enumerate(batch_rows):
+          resized = prepared[i][1]
+          pixels[slot, :resized.shape[0], :resized.shape[1]] = resized
+          sizes[slot] = resized.shape[:2]
+        pending.append((batch_rows, self._detect(self.variables, pixels, sizes)))
+    results = [None] * len(images)
+    for batch_rows, detections in pending:
+      detections = jax.device_get(detections)
+      for slot, i in enumerate(batch_rows):
+        keep = detections['valid'][slot]
+        classes = detections['classes'][slot][keep]
+        results[i] = Prediction(to_original_pixels(detections['boxes'][slot][keep], prepared[i][2]),
+                                detections['scores'][slot][keep], classes,
+                                [self.class_names[c] for c in classes], tuple(images[i].shape[:2]))
+    return results
