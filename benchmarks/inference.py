@@ -21,15 +21,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import inputs, timing, torchvision_fcos
 from fcos_jax.recipes import r50_1x
-from fcos_jax import eval_lib
+from fcos_jax import predict
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model import fcos
-
-
-def eval_batch(batch, canvas):
-  data = inputs.random_batch(batch, canvas, 1)
-  return {'image': data['image'], 'size': data['size'], 'image_id': np.arange(batch, dtype=np.int32),
-          'scale': np.ones((batch, 2), np.float32), 'mask': np.ones(batch, bool)}
 
 
 def main(argv=None):
@@ -60,18 +54,19 @@ def main(argv=None):
     variables = fcos.init_variables(model, 0)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  step = jax.jit(eval_lib.make_eval_step(model, config))
+  step = jax.jit(predict.make_detect_fn(model, config))
 
   rows = []
   for batch in args.batches:
-    data = jax.device_put(eval_batch(batch, canvas), NamedSharding(mesh, P('data')))
+    data = inputs.random_batch(batch, canvas, 1)
+    data = jax.device_put((data['image'], data['size']), NamedSharding(mesh, P('data')))
     start = time.perf_counter()
-    compiled = step.lower(variables, data).compile()
+    compiled = step.lower(variables, *data).compile()
     compile_s = time.perf_counter() - start
     out = {}
 
     def infer(compiled=compiled, data=data, out=out):
-      out.update(jax.block_until_ready(compiled(variables, data)))
+      out.update(jax.block_until_ready(compiled(variables, *data)))
 
     row = {'impl': 'fcos_jax', 'batch': batch, **timing.measure(infer, args.repeats), 'compile_s': compile_s}
     row['detections_per_image'] = float(np.asarray(out['valid']).sum()) / batch
