@@ -57,7 +57,7 @@ def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
   images = json.loads((out / 'images.json').read_text())
   results = json.loads((out / 'results.json').read_text())
   files = [im['file_name'] for im in images]
-  assert [os.path.basename(f) for f in files] == ['wide.jpg', 'tall_gray.png', 'tiny.png']
+  assert [os.path.basename(f) for f in files] == ['tall_gray.png', 'wide.jpg', 'tiny.png']  # Sorted per argument.
   assert {r['category_id'] for r in results} <= set(IDS)
   want = predict.Predictor.from_checkpoint(str(checkpoint), batch_size=2).predict(files)
   for im, pred in zip(images, want):
