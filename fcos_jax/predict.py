@@ -242,7 +242,7 @@ def expand_inputs(patterns):
   return list(dict.fromkeys(files)), unmatched
 
 
-def _load_config(name_or_path):
+def load_config(name_or_path):
   """The `get_config()` of a recipe name or config file."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = config_lib.recipe_path(name_or_path)
@@ -306,7 +306,7 @@ def main(argv=None):
   if not files:
     print('no images to read', file=sys.stderr)
     return 1
-  config = _load_config(args.config) if args.config else None
+  config = load_config(args.config) if args.config else None
   predictor = Predictor.from_checkpoint(args.checkpoint, config, batch_size=args.batch_size)
   os.makedirs(args.out, exist_ok=True)
   results, images, taken, start = [], [], set(), time.perf_counter()

@@ -118,8 +118,8 @@ def test_one_trace_per_canvas_over_many_calls(monkeypatch):
   """Batches are padded to batch_size, so each canvas compiles once, whatever the number of images per call."""
   traces = []
   real = postprocess.detect
-  monkeypatch.setattr(postprocess, 'detect', lambda outputs, points, *a: traces.append(points.shapes) or
-                      real(outputs, points, *a))
+  monkeypatch.setattr(postprocess, 'detect', lambda outputs, points, *a, **kw: traces.append(points.shapes) or
+                      real(outputs, points, *a, **kw))
   config = tiny_config()
   from fcos_jax.model import fcos  # pylint: disable=g-import-not-at-top
   p = predict.Predictor(config, fcos.init_variables(fcos.build_model(config.model), 0), batch_size=2)

@@ -1,0 +1,160 @@
+"""Export a detector for serving: StableHLO (jax.export) or a TensorFlow SavedModel (jax2tf).
+
+Every format computes `predict.make_detect_fn` with the weights baked in, on one fixed canvas (H, W) and ANY batch
+size (a symbolic batch dimension):
+  inputs   images uint8 [B, H, W, 3] RGB: each image resized as `Predictor.resize` does and placed at the top-left
+           of a zero canvas; sizes int32 [B, 2]: (h, w) of each resized image.
+  outputs  'detections': boxes float32 [B, K, 4] xyxy canvas pixels, scores [B, K], classes int32 [B, K],
+           valid bool [B, K] (K = postprocess.max_detections, sorted by score);
+           'points' (--outputs points): per point, boxes [B, P, 4] canvas pixels and scores [B, P, C], for a
+           post-processing of your own.
+Beside the model, `contract.json` records the canvas, class names, category ids and the pre/post-processing rules.
+
+ONNX is not offered: jax2onnx 0.17.1 (the current release) requires orbax-checkpoint < 0.11.37 (fcos_jax needs
+0.12.8), replaces flax's nn.max_pool when imported, writes a MaxPool for the ResNet stem that onnxruntime rejects
+("Unsupported pooling size"), fails on lax.pad with a symbolic batch, and writes a Loop for the batched NMS that
+onnxruntime cannot type-check (checked 2026-12-02).
+
+  python -m fcos_jax.export --checkpoint CKPT --out DIR --format stablehlo|savedmodel [--canvas H W]
+"""
+
+import argparse
+import contextlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fcos_jax import checkpoints, predict
+from fcos_jax.model import fcos
+
+FORMATS = {'stablehlo': 'model.stablehlo', 'savedmodel': 'saved_model'}
+PLATFORMS = ('cpu', 'cuda')
+
+
+def serving_function(config, variables, outputs='detections'):
+  """(images, sizes) -> dict of arrays: `make_detect_fn` with `variables` as constants."""
+  detect = predict.make_detect_fn(fcos.build_model(config.model), config, outputs)
+  return lambda images, sizes: detect(variables, images, sizes)
+
+
+def input_specs(canvas, batch='b'):
+  """Abstract (images, sizes) with a symbolic batch dimension named `batch`."""
+  b, = jax.export.symbolic_shape(batch)
+  return jax.ShapeDtypeStruct((b, *canvas, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 2), jnp.int32)
+
+
+def export_stablehlo(fn, canvas, path):
+  """Serialized `jax.export.Exported` for CPU and CUDA; reload with `jax.export.deserialize(bytes).call(...)`."""
+  exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*input_specs(canvas))
+  with open(path, 'wb') as f:
+    f.write(exported.serialize())
+
+
+@contextlib.contextmanager
+def _stablehlo_12_weeks_old():
+  """Serialize StableHLO 12 weeks old instead of jax.export's 4: TensorFlow's XlaCallModule lags JAX (TF 2.21 reads
+  StableHLO <= 1.13.7, jax 0.10.2 writes 1.15.0 by default)."""
+  from jax._src.export import _export  # pylint: disable=g-import-not-at-top
+  hlo = _export.hlo
+  real = hlo.get_version_from_compatibility_requirement
+  hlo.get_version_from_compatibility_requirement = lambda _: real(hlo.StablehloCompatibilityRequirement.WEEK_12)
+  try:
+    yield
+  finally:
+    hlo.get_version_from_compatibility_requirement = real
+
+
+def export_savedmodel(fn, canvas, path):
+  """A SavedModel whose `serve(images, sizes)` (also the 'serving_default' signature) runs `fn` natively
+  serialized (an XlaCallModule op for CPU and CUDA); loading it needs TensorFlow only.
+
+  The module is exported for one image and mapped over the batch (tf.map_fn): TF 2.21's XlaCallModule cannot
+  refine a batch-polymorphic lax.top_k as jax 0.10 serializes it ("Module has dynamic shapes").
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  h, w = canvas
+  one = jax2tf.convert(lambda image, size: jax.tree_util.tree_map(lambda x: x[0], fn(image[None], size[None])),
+                       with_gradient=False, native_serialization_platforms=PLATFORMS)
+  spec = jax.eval_shape(lambda i, s: jax.tree_util.tree_map(lambda x: x[0], fn(i[None], s[None])),
+                        jax.ShapeDtypeStruct((h, w, 3), jnp.uint8), jax.ShapeDtypeStruct((2,), jnp.int32))
+  signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in spec.items()}
+
+  def serve(images, sizes):
+    return tf.map_fn(lambda pair: one(*pair), (images, sizes), fn_output_signature=signature)
+
+  module = tf.Module()
+  module.serve = tf.function(serve, autograph=False, input_signature=[
+      tf.TensorSpec([None, h, w, 3], tf.uint8, name='images'), tf.TensorSpec([None, 2], tf.int32, name='sizes')])
+  with _stablehlo_12_weeks_old():
+    tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
+
+
+def contract(fmt, config, canvas, class_names, category_ids, outputs):
+  """The json written beside an export: everything a server needs to feed it and read its outputs."""
+  d, p = config.data, config.postprocess
+  return {
+      'format': fmt, 'file': FORMATS[fmt], 'canvas': list(canvas), 'outputs': outputs,
+      'platforms': list(PLATFORMS),
+      'class_names': list(class_names), 'category_ids': [int(i) for i in category_ids],
+      'inputs': {'images': f'uint8 [B, {canvas[0]}, {canvas[1]}, 3] RGB, each resized image at the top-left of a '
+                           'zero canvas', 'sizes': 'int32 [B, 2] (h, w) of each resized image'},
+      'preprocessing': {
+          'short_side': d.eval_short_size, 'max_size': d.max_size,
+          'resize': 'scale = min(short_side / min(h, w), max_size / max(h, w)); new = floor(scale * (h, w) + 0.5); '
+                    'bilinear, half-pixel centres, no antialiasing (tf.image.resize), rounded to uint8',
+          'normalization': 'inside the model (ImageNet mean/std on [0, 1]); padding must be zero'},
+      'postprocessing': {
+          'method': p.method, 'score_threshold': p.score_threshold, 'nms_iou': p.nms_iou,
+          'max_detections': p.max_detections, 'score_sqrt': p.score_sqrt,
+          'boxes': 'xyxy canvas pixels; original pixels: x / (new_w / w), y / (new_h / h); keep rows where valid'}}
+
+
+def export(config, variables, fmt, out, canvas=None, class_names=None, category_ids=None, outputs='detections'):
+  """Writes `fmt` (stablehlo or savedmodel) and contract.json into directory `out`; returns the model path."""
+  if fmt not in FORMATS:
+    raise ValueError(f'format {fmt!r} must be one of {", ".join(FORMATS)}')
+  canvas = tuple(int(v) for v in (canvas or config.data.canvases[0]))
+  if any(v <= 0 or v % max(config.model.strides) for v in canvas):
+    raise ValueError(f'canvas {canvas} must be (H, W) multiples of {max(config.model.strides)}')
+  num_classes = config.model.num_classes
+  class_names = class_names or [f'class_{i}' for i in range(num_classes)]
+  category_ids = category_ids or list(range(num_classes))
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, FORMATS[fmt])
+  fn = serving_function(config, variables, outputs)
+  (export_stablehlo if fmt == 'stablehlo' else export_savedmodel)(fn, canvas, path)
+  with open(os.path.join(out, 'contract.json'), 'w') as f:
+    json.dump(contract(fmt, config, canvas, class_names, category_ids, outputs), f, indent=1)
+  return path
+
+
+def main(argv=None):
+  """`python -m fcos_jax.export --checkpoint CKPT --out DIR --format FORMAT`; returns the exit status."""
+  parser = argparse.ArgumentParser(prog='python -m fcos_jax.export', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--checkpoint', required=True, help='checkpoint directory (training run or converted)')
+  parser.add_argument('--out', required=True, help='output directory')
+  parser.add_argument('--format', required=True, choices=sorted(FORMATS))
+  parser.add_argument('--canvas', type=int, nargs=2, metavar=('H', 'W'),
+                      help='fixed canvas (default: the first of data.canvases)')
+  parser.add_argument('--outputs', choices=('detections', 'points'), default='detections')
+  parser.add_argument('--config', help='recipe name or config file (required for checkpoints without metadata)')
+  args = parser.parse_args(argv)
+  config = predict.load_config(args.config) if args.config else None
+  metadata = checkpoints.read_metadata(args.checkpoint) or {}
+  config = checkpoints.config_from_checkpoint(args.checkpoint, config)
+  model = fcos.build_model(config.model)
+  variables = checkpoints.load_variables(args.checkpoint, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  path = export(config, variables, args.format, args.out, args.canvas, metadata.get('class_names'),
+                metadata.get('category_ids'), args.outputs)
+  print(f'wrote {path} and {os.path.join(args.out, "contract.json")}')
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
