@@ -16,6 +16,7 @@ import os
 import jax
 import numpy as np
 
+from fcos_jax import boxes as box_ops
 from fcos_jax import checkpoints, locations, postprocess
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
@@ -43,7 +44,7 @@ def make_detect_fn(model, config, outputs='detections'):
       return postprocess.detect(raw, points, cfg, sizes)
     boxes = postprocess.decode_boxes(raw['reg'], points)
     if cfg.clip_boxes:
-      boxes = jax.vmap(postprocess.box_ops.clip)(boxes, sizes.astype(boxes.dtype))
+      boxes = jax.vmap(box_ops.clip)(boxes, sizes.astype(boxes.dtype))
     return {'boxes': boxes, 'scores': postprocess.point_scores(raw['cls_logits'], raw['ctr_logits'], cfg.score_sqrt)}
 
   return detect
