@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -144,9 +145,14 @@ def main(argv=None):
   parser.add_argument('--outputs', choices=('detections', 'points'), default='detections')
   parser.add_argument('--config', help='recipe name or config file (required for checkpoints without metadata)')
   args = parser.parse_args(argv)
-  config = predict.load_config(args.config) if args.config else None
-  metadata = checkpoints.read_metadata(args.checkpoint) or {}
-  config = checkpoints.config_from_checkpoint(args.checkpoint, config)
+  from fcos_jax import cli  # pylint: disable=g-import-not-at-top
+  try:
+    config = cli.load_config(args.config) if args.config else None
+    metadata = checkpoints.read_metadata(args.checkpoint) or {}
+    config = checkpoints.config_from_checkpoint(args.checkpoint, config)
+  except cli.USER_ERRORS as e:  # A bad checkpoint or config: one message, as the other commands print it.
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   model = fcos.build_model(config.model)
   variables = checkpoints.load_variables(args.checkpoint, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
   variables = jax.tree_util.tree_map(np.asarray, variables)

@@ -243,16 +243,6 @@ def expand_inputs(patterns):
   return list(dict.fromkeys(files)), unmatched
 
 
-def load_config(name_or_path):
-  """The `get_config()` of a recipe name or config file."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = config_lib.recipe_path(name_or_path)
-  spec = importlib.util.spec_from_file_location('fcos_jax_user_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _write_atomically(path, write):
   """Runs write(temporary path), then renames it to `path`: a file is either whole or absent."""
   tmp = f'{path}.partial'
@@ -307,8 +297,13 @@ def main(argv=None):
   if not files:
     print('no images to read', file=sys.stderr)
     return 1
-  config = load_config(args.config) if args.config else None
-  predictor = Predictor.from_checkpoint(args.checkpoint, config, batch_size=args.batch_size)
+  from fcos_jax import cli  # pylint: disable=g-import-not-at-top
+  try:
+    config = cli.load_config(args.config) if args.config else None
+    predictor = Predictor.from_checkpoint(args.checkpoint, config, batch_size=args.batch_size)
+  except cli.USER_ERRORS as e:  # A bad checkpoint or config: one message, as the other commands print it.
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   os.makedirs(args.out, exist_ok=True)
   results, images, taken, start = [], [], set(), time.perf_counter()
   chunk = 4 * predictor.batch_size

@@ -18,7 +18,7 @@ def tiny_config():
   """A small FCOS whose random init scores ~0.25 everywhere (prior 0.5), so every image has detections."""
   c = shapes.get_config()
   c.model.update(dict(stem_width=8, fpn_channels=16, gn_groups=4, num_classes=3, prior_prob=0.5))
-  c.data.update(dict(eval_short_size=128, max_size=192, canvases=((128, 256), (256, 128))))
+  c.data.update(dict(short_sizes=(128,), eval_short_size=128, max_size=192, canvases=((128, 256), (256, 128))))
   c.postprocess.max_detections = 20
   c.eval.batch_size = 8
   return c

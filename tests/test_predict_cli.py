@@ -74,3 +74,7 @@ def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
 def test_predict_command_fails_clearly(checkpoint, tmp_path):
   proc = run(['missing/*.jpg', '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'out')], cwd=tmp_path)
   assert proc.returncode == 1 and 'no images to read' in proc.stderr and not (tmp_path / 'out').exists()
+  (tmp_path / 'a.png').write_bytes(b'')
+  proc = run(['a.png', '--checkpoint', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out')], cwd=tmp_path)
+  assert proc.returncode == 2 and 'No checkpoint directory at' in proc.stderr and 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'out').exists()
