@@ -70,6 +70,12 @@ def get_config():
   d.root = ''  # COCO-format folder: root/annotations/instances_{split}.json and images in root/{split}/.
   d.train_split = 'train2017'
   d.val_split = 'val2017'
+  # Other layouts: each split's image folder (joined with the json's file_name) and annotation file; relative paths
+  # are under `root`, '' is the COCO layout above.
+  d.train_images = ''
+  d.train_annotations = ''
+  d.val_images = ''
+  d.val_annotations = ''
   d.tfds_name = 'coco/2017'
   d.tfds_data_dir = ''
   d.generate_synthetic = False  # Generate the synthetic shapes dataset into `root` if it is missing.
@@ -304,6 +310,8 @@ def validate(config, num_devices=None):
     need(len(canvas) == 2 and all(_is_int(v) and v > 0 and v % STRIDES[-1] == 0 for v in canvas),
          f'data.canvases entry {tuple(canvas)} must be (H, W) multiples of {STRIDES[-1]}')
   need(not d.check_first or d.source == 'folder', f"data.check_first needs data.source='folder' (it is {d.source!r})")
+  need(d.train_split != d.val_split or (d.train_images, d.train_annotations) == (d.val_images, d.val_annotations),
+       f'data.train_split and data.val_split are both {d.train_split!r} but their images/annotations paths differ')
 
   # Processes and devices.
   if t.coordinator_address:

@@ -27,9 +27,10 @@ def detections_to_coco(detections, batch, label_to_category, decimals=2):
   `detections`: `boxes` [B, K, 4] xyxy canvas pixels, `scores` [B, K], `classes` [B, K], `valid` [B, K] (NumPy or
   JAX). `batch`: `image_id` [B], `scale` [B, 2] (sy, sx) resize factors, optional `mask` [B]. Boxes go back to
   original pixels (divided by the scale) as [x, y, w, h] rounded to `decimals`; `label_to_category[label]` is the
-  COCO category id of a contiguous label.
+  COCO category id of a contiguous label, or -1 for a class the dataset does not have (its detections are dropped).
   """
   keep = np.asarray(detections['valid'], bool)
+  keep = keep & (np.asarray(label_to_category)[np.maximum(np.asarray(detections['classes']), 0)] >= 0)
   if batch.get('mask') is not None:
     keep = keep & np.asarray(batch['mask'], bool)[:, None]
   image, slot = np.nonzero(keep)
@@ -73,12 +74,13 @@ def coco_evaluate(coco_gt, results, image_ids=None):
 
 
 def make_eval_step(model, config):
-  """(variables, batch) -> detections of the predictor's `make_detect_fn` plus the batch's image_id, scale, mask."""
+  """(variables, batch) -> detections of the predictor's `make_detect_fn` plus the batch's image_id, scale, mask and
+  unreadable."""
   detect = predict.make_detect_fn(model, config)
 
   def eval_step(variables, batch):
     detections = detect(variables, batch['image'], batch['size'])
-    return {**detections, 'image_id': batch['image_id'], 'scale': batch['scale'], 'mask': batch['mask']}
+    return {**detections, **{k: batch[k] for k in ('image_id', 'scale', 'mask', 'unreadable')}}
 
   return eval_step
 
@@ -90,22 +92,26 @@ def _progress(done, total, images, start):
   sys.stdout.flush()
 
 
-def evaluate(config, model, variables, mesh, workdir, step=None):
+def evaluate(config, model, variables, mesh, workdir, step=None, stop=None):
   """Predicts the whole eval split, writes results.json and metrics.json to `workdir`, returns the metrics.
 
   Every process runs the same number of batches (the last is padded and masked); detections come back
-  replicated, so process 0 writes the files and runs pycocotools.
+  replicated, so process 0 writes the files and runs pycocotools. Unreadable images (data.skip_bad_images) get no
+  detections but count: their ground truth is missed. `stop`: polled while waiting for input (pipeline.Batches).
   """
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   dataset, info = pipeline.make_eval_dataset(config, process_index=jax.process_index(),
-                                             process_count=jax.process_count())
+                                             process_count=jax.process_count(), stop=stop)
   eval_step = jax.jit(make_eval_step(model, config), out_shardings=runtime.replicated(mesh))
   variables = jax.device_put(variables, runtime.replicated(mesh))
-  results, image_ids, images, start = [], [], 0, time.perf_counter()
+  results, image_ids, start = [], list(info.missing_image_ids), time.perf_counter()
+  num_unreadable = len(info.missing_image_ids)
   for i, batch in enumerate(dataset):
     out = jax.device_get(eval_step(variables, runtime.to_global(batch, mesh)))
     results += detections_to_coco(out, out, info.label_to_category)
-    image_ids += np.asarray(out['image_id'])[np.asarray(out['mask'], bool)].tolist()
+    unreadable = np.asarray(out['unreadable'], bool)
+    image_ids += np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist()
+    num_unreadable += int(unreadable.sum())
     images = len(image_ids)
     if jax.process_index() == 0:
       _progress(i + 1, info.num_batches, images, start)
@@ -116,9 +122,12 @@ def evaluate(config, model, variables, mesh, workdir, step=None):
   with open(os.path.join(workdir, f'results{suffix}.json'), 'w') as f:
     json.dump(results, f)
   metrics = coco_evaluate(info.coco_gt, results, image_ids=image_ids)
+  skipped = dataset.stats.summary()  # This process's files; the count is over all processes.
   with open(os.path.join(workdir, f'metrics{suffix}.json'), 'w') as f:
-    json.dump({'step': step, 'num_images': len(image_ids), **metrics}, f, indent=1)
-  print(f'COCO box AP {metrics["AP"]:.4f}, AP50 {metrics["AP50"]:.4f} on {len(image_ids)} images'
+    json.dump({'step': step, 'num_images': len(image_ids), **metrics, 'unreadable_images': num_unreadable,
+               'unreadable_files': skipped['skipped_files']}, f, indent=1)
+  unreadable = f', {num_unreadable} of them unreadable (scored as missed)' if num_unreadable else ''
+  print(f'COCO box AP {metrics["AP"]:.4f}, AP50 {metrics["AP50"]:.4f} on {len(image_ids)} images{unreadable}'
         + ('' if step is None else f' (step {step})'), flush=True)
   return metrics
 

@@ -122,7 +122,10 @@ def train_and_evaluate(config, workdir):
   model = fcos.build_model(config.model)
   tx = optim.make_optimizer(config)
   state, shardings = create_state(model, tx, config, mesh)
-  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count())
+  # Asked before each batch and while waiting for one (also in evaluation). One process only: processes that stop
+  # on their own would leave the others waiting in a collective.
+  stop = (lambda: _Stop.requested) if jax.process_count() == 1 else None
+  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count(), stop=stop)
   data_iterator = iter(dataset)
   manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
   source, split = pipeline.make_source(config), config.data.train_split
@@ -143,17 +146,25 @@ def train_and_evaluate(config, workdir):
   writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if jax.process_index() == 0 else None
   previous = signal.signal(signal.SIGTERM, _Stop.handler)
   num_steps, log_every = config.train.num_steps, config.train.log_every
-  step = int(state.step)
+  step = saved = int(state.step)
   pending, tick = [], time.perf_counter()
   metrics = {}
   try:
     while step < num_steps:
-      batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
-      state, step_metrics = step_fn(state, batch)
-      step += 1
-      pending.append(step_metrics)
+      try:
+        batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
+      except pipeline.Interrupted:  # SIGTERM before or while waiting for data: save the last step below.
+        if data_iterator.stuck:  # Its position cannot be saved while a read hangs.
+          print(f'SIGTERM: the input is stuck, so step {step} cannot be saved with its data position; run the same '
+                f'command to resume from {f"step {saved}" if saved else "the start"}.', flush=True)
+          return metrics
+        batch = None
+      if batch is not None:
+        state, step_metrics = step_fn(state, batch)
+        step += 1
+        pending.append(step_metrics)
       last = step == num_steps
-      if step % log_every == 0 or last or _Stop.requested or step % config.train.checkpoint_every == 0:
+      if pending and (step % log_every == 0 or last or _Stop.requested or step % config.train.checkpoint_every == 0):
         host = jax.device_get(pending)  # The only host round trip: every log_every steps.
         metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         for m in host:
@@ -166,22 +177,35 @@ def train_and_evaluate(config, workdir):
             for k, v in {**metrics, 'images_per_s': images_per_s}.items():
               tf.summary.scalar(f'train/{k}', v)
         pending, tick = [], time.perf_counter()
-      if step % config.train.checkpoint_every == 0 or last or _Stop.requested:
+      if (step % config.train.checkpoint_every == 0 or last or _Stop.requested) and step != saved:
         checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator, metadata)
+        saved = step
       if _Stop.requested:
-        print(f'SIGTERM: saved a checkpoint at step {step}; run the same command to resume.', flush=True)
+        print(f'SIGTERM: saved a checkpoint at step {step}; run the same command to resume.' if step else
+              'SIGTERM before the first step: nothing to save.', flush=True)
         return metrics
       if config.train.eval_every and step % config.train.eval_every == 0 and not last:
-        eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step)
+        try:
+          eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, stop=stop)
+        except pipeline.Interrupted:  # The next batch is not taken: saved there.
+          print(f'SIGTERM: evaluation at step {step} interrupted.', flush=True)
     manager.wait_until_finished()
-    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step) if config.train.final_eval else {}
+    skipped = dataset.stats.summary_line()
+    if skipped:
+      print(skipped, flush=True)
+    try:
+      results = (eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, stop=stop)
+                 if config.train.final_eval else {})
+    except pipeline.Interrupted:
+      print(f'SIGTERM: final evaluation interrupted; the checkpoint of step {step} is saved.', flush=True)
+      return metrics
     if writer is not None:
       with writer.as_default(step=step):
         for k, v in results.items():
           tf.summary.scalar(f'eval/{k}', v)
       writer.flush()
     with open(os.path.join(workdir, 'train_metrics.json'), 'w') as f:
-      json.dump({'step': step, **metrics}, f, indent=1)
+      json.dump({'step': step, **metrics, **dataset.stats.summary()}, f, indent=1)
     return results
   finally:
     manager.wait_until_finished()

@@ -165,8 +165,8 @@ def test_warned_modes_decode_in_the_pipeline(broken):
       record = {'file': tf.constant(img['file_name']), 'image_id': tf.constant(image_id, tf.int32),
                 'orig_size': tf.constant([img['height'], img['width']], tf.int32),
                 'boxes': tf.zeros([0, 4]), 'labels': tf.zeros([0], tf.int32)}
-      example, ok = coco.decode(record, tf.io.read_file(os.path.join(root, 'train', img['file_name'])))
-      assert bool(ok) and example['image'].shape == (img['height'], img['width'], 3)
+      example, problem = coco.decode(record, tf.io.read_file(os.path.join(root, 'train', img['file_name'])))
+      assert problem.numpy() == b'' and example['image'].shape == (img['height'], img['width'], 3)
 
 
 def test_clean_split(clean):

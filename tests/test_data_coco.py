@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -178,9 +179,9 @@ def test_decode_grayscale_and_png_to_rgb():
   gray = np.arange(40 * 60, dtype=np.uint8).reshape(40, 60, 1)
   for data in (tf.io.encode_png(gray), tf.io.encode_jpeg(gray, quality=100),
                tf.io.encode_png(np.repeat(gray, 4, axis=-1))):
-    example, ok = coco.decode(_record(), data)
+    example, problem = coco.decode(_record(), data)
     image = example['image'].numpy()
-    assert bool(ok) and image.shape == (40, 60, 3) and image.dtype == np.uint8
+    assert problem.numpy() == b'' and image.shape == (40, 60, 3) and image.dtype == np.uint8
     assert (image[..., 0] == image[..., 2]).all()
   example, _ = coco.decode(_record(), tf.io.encode_png(gray))
   np.testing.assert_array_equal(example['image'].numpy()[..., 1], gray[..., 0])
@@ -192,10 +193,10 @@ def test_decode_cmyk_jpeg_to_rgb():
   pixels = np.stack([x * 4, y * 6, 255 - x * 4, np.full_like(x, 40)], -1).astype(np.uint8)  # Smooth: no decoder noise.
   buffer = io.BytesIO()
   Image.fromarray(pixels, 'CMYK').save(buffer, 'JPEG', quality=95)
-  example, ok = coco.decode(_record(), tf.constant(buffer.getvalue()))
+  example, problem = coco.decode(_record(), tf.constant(buffer.getvalue()))
   want = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert('RGB'), np.int32)
   image = example['image'].numpy()
-  assert bool(ok) and image.shape == (40, 60, 3) and image.dtype == np.uint8
+  assert problem.numpy() == b'' and image.shape == (40, 60, 3) and image.dtype == np.uint8
   assert np.abs(image.astype(np.int32) - want).max() <= 3  # Pillow's CMYK -> RGB, up to the decoders' rounding.
 
 
@@ -203,10 +204,9 @@ def test_decode_names_the_damaged_file_or_reports_it():
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'Unreadable image dir/img.jpg \(image_id 17\): truncated JPEG'):
     coco.decode(_record(), _jpeg()[:300])
-  reported = []
-  example, ok = coco.decode(_record(), tf.constant(b''), on_bad=reported.append)
-  assert not bool(ok) and reported == ['dir/img.jpg (image_id 17): empty file']
-  assert example['image'].shape == (40, 60, 3)
+  example, problem = coco.decode(_record(), tf.constant(b''), skip_bad=True)
+  assert problem.numpy().decode() == 'dir/img.jpg (image_id 17): empty file'
+  assert example['image'].shape == (40, 60, 3) and not example['image'].numpy().any()
 
 
 def test_decode_checks_the_annotated_size():
@@ -290,3 +290,56 @@ def test_tfds_pipeline(mocked_tfds):
   ids = [int(i) for b in batches for i, m in zip(b['image_id'], b['mask']) if m]
   assert sorted(ids) == list(range(100, 108)) and info.num_images == 8
   assert info.label_to_category == coco.COCO_CATEGORY_IDS and len(info.coco_gt.imgs) == 8
+
+
+# --- Layouts and category names. -----------------------------------------------------------------------------------
+
+def test_any_layout_with_sub_folders(folder, tmp_path):
+  """images/ + labels/train.json, file_names with sub-folders, relative paths under the root or absolute."""
+  root, dataset = folder
+  other = str(tmp_path / 'other')
+  os.makedirs(os.path.join(other, 'labels'))
+  for i, img in enumerate(dataset['images']):
+    sub = os.path.join(f'part{i % 2}', img['file_name'])
+    os.makedirs(os.path.join(other, 'images', f'part{i % 2}'), exist_ok=True)
+    shutil.copy(os.path.join(root, 'train', img['file_name']), os.path.join(other, 'images', sub))
+    img['file_name'] = sub
+  with open(os.path.join(other, 'labels', 'train.json'), 'w') as f:
+    json.dump(dataset, f)
+  plain = coco.FolderSource(root).index('train')
+  for layout in (('images', 'labels/train.json'),
+                 (os.path.join(other, 'images'), os.path.join(other, 'labels', 'train.json'))):
+    source = coco.FolderSource(other, layout={'train': layout})
+    assert source.annotation_path('train') == os.path.join(other, 'labels', 'train.json')
+    assert source.image_path('train', 'a/b.jpg') == os.path.join(other, 'images', 'a', 'b.jpg')
+    index = source.index('train')
+    assert [os.path.relpath(f, os.path.join(other, 'images')) for f in index.files] == [
+        img['file_name'] for img in dataset['images']]
+    np.testing.assert_array_equal(index.image_ids, plain.image_ids)
+    record = next(iter(source.records('train')))
+    example, problem = coco.decode(record, source.read(record))
+    assert problem.numpy() == b'' and example['image'].shape[-1] == 3
+  default = coco.FolderSource(root)
+  assert default.annotation_path('val') == os.path.join(root, 'annotations', 'instances_val.json')
+  assert default.image_path('val', 'x.jpg') == os.path.join(root, 'val', 'x.jpg')
+  with pytest.raises(FileNotFoundError, match=os.path.join(other, 'annotations', 'instances_train.json')):
+    coco.FolderSource(other).index('train')  # The COCO layout is not there: the error names where it looked.
+
+
+CATEGORIES = [{'id': 1, 'name': 'person'}, {'id': 3, 'name': 'car'}, {'id': 18, 'name': 'dog'}]
+
+
+def test_label_to_category_maps_by_name():
+  model = ('car', 'person', 'bicycle', 'dog')
+  assert coco.label_to_category(model, CATEGORIES) == (3, 1, -1, 18)  # The dataset has no bicycle.
+  assert coco.label_to_category(('person', 'car', 'dog'), CATEGORIES[::-1]) == (1, 3, 18)
+
+
+def test_label_to_category_lists_every_mismatch():
+  with pytest.raises(ValueError) as error:
+    coco.label_to_category(('person', 'car', 'car'), CATEGORIES + [{'id': 90, 'name': 'toothbrush'}])
+  message = str(error.value)
+  assert "dataset categories the model does not know (2): 18 'dog', 90 'toothbrush'" in message
+  assert 'model class names given more than once: car' in message and 'the model knows: person, car, car' in message
+  with pytest.raises(ValueError, match='dataset category names given more than once: dog'):
+    coco.label_to_category(('dog',), [{'id': 1, 'name': 'dog'}, {'id': 2, 'name': 'dog'}])

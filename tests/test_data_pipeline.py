@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import shutil
+import threading
+import time
 
 import jax
 from jax.sharding import Mesh
@@ -62,7 +64,7 @@ def check_batch(batch, gt, short_sizes, eval_mode=False):
 
   Returns how many images of the batch were flipped."""
   expected_keys = {'image', 'boxes', 'labels', 'valid', 'image_id', 'scale', 'orig_size', 'size'}
-  assert set(batch) == expected_keys | ({'mask'} if eval_mode else set())
+  assert set(batch) == expected_keys | ({'mask', 'unreadable'} if eval_mode else set())
   b, h, w, _ = batch['image'].shape
   assert (h, w) in CANVASES and batch['image'].dtype == np.uint8
   for key, shape, dtype in [('boxes', (b, 12, 4), np.float32), ('labels', (b, 12), np.int32), ('valid', (b, 12), bool),
@@ -70,6 +72,7 @@ def check_batch(batch, gt, short_sizes, eval_mode=False):
                             ('orig_size', (b, 2), np.int32), ('size', (b, 2), np.int32)]:
     assert batch[key].shape == shape and batch[key].dtype == dtype, key
   num_flipped = 0
+  assert not (eval_mode and batch['unreadable'].any())
   for i in range(b):
     if eval_mode and not batch['mask'][i]:
       assert batch['image_id'][i] == -1 and not batch['valid'][i].any() and not batch['image'][i].any()
@@ -237,14 +240,16 @@ def test_damaged_image_is_named(damaged):
     list(batches)
 
 
-def test_damaged_image_is_skipped_and_counted(damaged, caplog):
+def test_damaged_eval_image_is_kept_as_unreadable_and_reported_once(damaged, caplog):
   copy, path = damaged
   batches, info = pipeline.make_eval_dataset(make_config(copy, skip_bad_images=True))
   with caplog.at_level(logging.WARNING):
     got = list(batches)
   assert len(got) == info.num_batches and batches.stats.skipped_images == 1
-  assert sum(b['mask'].sum() for b in got) == 9
-  assert f'Skipping unreadable image {path}' in caplog.text
+  assert sum(b['mask'].sum() for b in got) == 9 and not any((b['mask'] & b['unreadable']).any() for b in got)
+  unreadable = [int(i) for b in got for i in b['image_id'][b['unreadable']]]
+  assert unreadable == [1000003]  # Still in its batch with its id, so that its ground truth counts.
+  assert caplog.text.count(f'Skipping unreadable image {path}') == 1
 
 
 def test_more_boxes_than_slots_are_counted(root, caplog):
@@ -280,3 +285,116 @@ def test_an_image_too_big_for_its_canvas_is_named(root):
   batches, _ = pipeline.make_eval_dataset(make_config(root, canvases=((256, 384), (384, 256))))
   with pytest.raises(ValueError, match=r'Image \S+/val/\d+\.jpg resized to \d+x\d+ does not fit its canvas 256x384'):
     next(iter(batches))
+
+
+def truncate(path):
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+
+
+def copy_with_broken_train_images(root, tmp_path, keep_portrait=None):
+  """A copy of the dataset whose first landscape and first portrait train images (with boxes) are truncated; with
+  keep_portrait=1 the other portrait images leave the json, so the broken one is its canvas's only image.
+  Returns (root, [broken files], their image ids, the ids of all train images with boxes)."""
+  copy = str(tmp_path / 'broken')
+  shutil.copytree(root, copy)
+  path = os.path.join(copy, 'annotations', 'instances_train.json')
+  with open(path) as f:
+    dataset = json.load(f)
+  with_boxes = {a['image_id'] for a in dataset['annotations'] if not a['iscrowd']}
+  images = [im for im in dataset['images'] if im['id'] in with_boxes]
+  portrait = [im for im in images if im['height'] > im['width']]
+  landscape = [im for im in images if im['height'] <= im['width']]
+  if keep_portrait:
+    gone = {im['id'] for im in portrait[keep_portrait:]}
+    dataset['images'] = [im for im in dataset['images'] if im['id'] not in gone]
+    dataset['annotations'] = [a for a in dataset['annotations'] if a['image_id'] not in gone]
+    with open(path, 'w') as f:
+      json.dump(dataset, f)
+  broken = [os.path.join(copy, 'train', im['file_name']) for im in (landscape[0], portrait[0])]
+  for file in broken:
+    truncate(file)
+  return copy, broken, {landscape[0]['id'], portrait[0]['id']}, {im['id'] for im in images}
+
+
+def test_training_skips_unreadable_images_and_reports_each_once(root, tmp_path, caplog):
+  copy, broken, broken_ids, with_boxes = copy_with_broken_train_images(root, tmp_path)
+  batches = pipeline.make_train_dataset(make_config(copy, skip_bad_images=True))
+  with caplog.at_level(logging.WARNING):
+    got = take(batches, 30)  # 120 images: several epochs.
+  assert {int(i) for b in got for i in b['image_id']} == with_boxes - broken_ids
+  for file in broken:
+    assert caplog.text.count(f'Skipping unreadable image {file}') == 1
+  assert batches.stats.skipped_images == 2 and set(batches.stats.summary()) == {'skipped_images', 'skipped_files'}
+  assert 'Skipped 2 unreadable image(s)' in batches.stats.summary_line()
+
+
+def test_a_canvas_without_readable_images_is_an_error_not_a_hang(root, tmp_path):
+  copy, broken, _, _ = copy_with_broken_train_images(root, tmp_path, keep_portrait=1)
+  iterator = iter(pipeline.make_train_dataset(make_config(copy, skip_bad_images=True)))
+  with pytest.raises(ValueError, match=f'No readable image in canvas 512x384 of split train \\(1 image.*{broken[1]}'):
+    for _ in range(200):  # The portrait canvas is drawn for ~1 batch in 10.
+      next(iterator)
+
+
+def unblock(fifo):
+  """Opens `fifo` for writing and closes it, so that the reader blocked on it reads an empty file."""
+  for _ in range(100):
+    try:
+      os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+      return
+    except OSError:  # No reader yet.
+      time.sleep(0.05)
+
+
+def test_stop_during_a_read_waits_for_it_or_gives_up(tmp_path, monkeypatch):
+  """A stop during a read that ends in the grace period takes its batch; a read that never ends (a FIFO without
+  writer) is given up after the grace period, with `stuck` set."""
+  monkeypatch.setattr(pipeline, '_GRACE_S', 2)
+  stop = threading.Event()
+
+  def slow():
+    for i in range(3):
+      time.sleep(1 if i == 1 else 0)
+      yield {'i': i, 'dropped_boxes': np.zeros([1], np.int32)}
+
+  spec = {'i': tf.TensorSpec([], tf.int64), 'dropped_boxes': tf.TensorSpec([1], tf.int32)}
+  iterator = iter(pipeline.Batches(tf.data.Dataset.from_generator(slow, output_signature=spec),
+                                   pipeline.InputStats(), stop=stop.is_set))
+  assert next(iterator)['i'] == 0
+  threading.Timer(0.3, stop.set).start()
+  assert next(iterator)['i'] == 1  # The read in flight when the stop came ended within the grace period.
+  with pytest.raises(pipeline.Interrupted):
+    next(iterator)
+  assert not iterator.stuck
+
+  fifo = str(tmp_path / 'fifo')
+  os.mkfifo(fifo)
+  dataset = tf.data.Dataset.from_tensors(fifo).map(lambda f: {'text': tf.io.read_file(f),
+                                                              'dropped_boxes': tf.zeros([1], tf.int32)})
+  stop.clear()
+  iterator = iter(pipeline.Batches(dataset, pipeline.InputStats(), stop=stop.is_set))
+  threading.Timer(0.3, stop.set).start()
+  start = time.perf_counter()
+  with pytest.raises(pipeline.Interrupted):
+    next(iterator)
+  assert iterator.stuck and 2 <= time.perf_counter() - start < 4
+  unblock(fifo)
+
+
+def test_stop_is_asked_before_each_batch(tmp_path):
+  stop = threading.Event()
+  dataset = tf.data.Dataset.range(5).map(lambda i: {'i': i, 'dropped_boxes': tf.zeros([1], tf.int32)})
+  iterator = iter(pipeline.Batches(dataset, pipeline.InputStats(), stop=stop.is_set))
+  assert next(iterator)['i'] == 0
+  stop.set()
+  with pytest.raises(pipeline.Interrupted):
+    next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'position'))
+  stop.clear()
+  assert [int(b['i']) for b in iterator] == [1, 2, 3, 4]  # Nothing was taken by the interrupted call.
+  restored = iter(pipeline.Batches(dataset, pipeline.InputStats()))
+  tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
+  assert [int(b['i']) for b in restored] == [1, 2, 3, 4]

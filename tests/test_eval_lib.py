@@ -92,3 +92,11 @@ def test_no_results_give_ap_zero(gt_path):
   metrics = eval_lib.coco_evaluate(gt_path, [])
   assert metrics['AP'] == 0 and metrics['AR100'] == 0
   assert set(metrics) == set(eval_lib.METRIC_NAMES)
+
+
+def test_classes_the_dataset_lacks_are_not_scored():
+  det, batch = perfect_batch()
+  mapping = (1, -1, 90)  # The model's class 1 (category 5 here) is not in the dataset.
+  results = eval_lib.detections_to_coco(det, batch, mapping)
+  expected = [(i, c) for i, (_, _, boxes) in IMAGES.items() for c, _ in boxes if c != 5]
+  assert [(r['image_id'], r['category_id']) for r in results] == expected

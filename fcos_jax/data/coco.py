@@ -151,16 +151,26 @@ def _quiet_coco(dataset):
   return gt
 
 
-class FolderSource:
-  """COCO-format folder: root/annotations/instances_{split}.json and images in root/{split}/."""
+def split_paths(root, split, images='', annotations=''):
+  """(image folder, annotation file) of `split`: `images` and `annotations` where given (relative paths under
+  `root`), else the COCO layout, root/{split}/ and root/annotations/instances_{split}.json."""
+  annotations = annotations or os.path.join('annotations', f'instances_{split}.json')
+  return os.path.join(root, images or split), os.path.join(root, annotations)
 
-  def __init__(self, root, skip_bad_images=False):
+
+class FolderSource:
+  """COCO-format annotation files and image folders; image paths are the folder joined with each `file_name`
+  (sub-folders included). `layout` maps a split to its (images, annotations) paths as `split_paths` takes them;
+  other splits use the COCO layout under `root`."""
+
+  def __init__(self, root, skip_bad_images=False, layout=None):
     self.root = root
     self.skip_bad_images = skip_bad_images
+    self.layout = dict(layout or {})
     self._splits = {}
 
   def _load(self, split):
-    """Parses and validates the json of `split` once; returns (COCO, Index, category ids)."""
+    """Parses and validates the json of `split` once; returns (COCO, Index, category ids, missing files)."""
     if split in self._splits:
       return self._splits[split]
     path = self.annotation_path(split)
@@ -173,7 +183,7 @@ class FolderSource:
     for img in dataset['images']:
       file = self.image_path(split, img['file_name'])
       if not os.path.exists(file):
-        missing.append(file)
+        missing.append((file, img['id']))
         continue
       anns = gt.imgToAnns[img['id']]
       xyxy, kept = clean_boxes([a['bbox'] for a in anns], [a.get('iscrowd', 0) for a in anns], img['height'],
@@ -184,29 +194,34 @@ class FolderSource:
       sizes.append((img['height'], img['width']))
       boxes.append(xyxy)
       labels.append(np.array([label_of[a['category_id']] for a, k in zip(anns, kept) if k], np.int32))
+    names = [file for file, _ in missing]
     if missing and not self.skip_bad_images:
-      raise FileNotFoundError(f'{path}: {len(missing)} image file(s) missing: {_listing(missing)}')
+      raise FileNotFoundError(f'{path}: {len(missing)} image file(s) missing: {_listing(names)}')
     if missing:
-      logging.warning('%s: skipping %d missing image file(s): %s', path, len(missing), _listing(missing))
+      logging.warning('%s: skipping %d missing image file(s): %s', path, len(missing), _listing(names))
     if dropped:
       logging.warning('%s: dropped %d box(es) with no area (w <= 0 or h <= 0, or outside the image): annotation '
                       'ids %s', path, len(dropped), _listing(dropped))
     _require(files, path, 'no readable images.')
     index = Index(np.array(files), np.array(ids, np.int64), np.array(sizes, np.int32).reshape(-1, 2),
                   tuple(boxes), tuple(labels))
-    self._splits[split] = gt, index, category_ids
+    self._splits[split] = gt, index, category_ids, tuple(missing)
     return self._splits[split]
 
   def annotation_path(self, split):
     """The COCO json of `split`."""
-    return os.path.join(self.root, 'annotations', f'instances_{split}.json')
+    return split_paths(self.root, split, *self.layout.get(split, ('', '')))[1]
 
   def image_path(self, split, file_name):
     """The file of an image of `split`, from its json `file_name`."""
-    return os.path.join(self.root, split, file_name)
+    return os.path.join(split_paths(self.root, split, *self.layout.get(split, ('', '')))[0], file_name)
 
   def index(self, split):
     return self._load(split)[1]
+
+  def missing(self, split):
+    """(file, image id) of each image of `split` whose file is missing (skipped: data.skip_bad_images)."""
+    return self._load(split)[3]
 
   def category_ids(self, split):
     """COCO category id of each label: label i <-> category_ids[i]."""
@@ -214,16 +229,11 @@ class FolderSource:
 
   def class_names(self, split):
     """Name of each label, from the json's categories."""
-    gt, _, category_ids = self._load(split)
+    gt, _, category_ids, _ = self._load(split)
     return tuple(str(gt.cats[c].get('name', c)) for c in category_ids)
 
-  def coco_gt(self, split):
-    """Ground truth of `split` as parsed from its json (all images and annotations, crowd included)."""
-    return self._load(split)[0]
-
-  def records(self, split, process_index=0, process_count=1, seed=None, with_boxes_only=False):
-    """This process's share of the images of `split` (only those with boxes if asked): once in index order, or with
-    `seed` endlessly, each epoch reshuffled (see `Index.records`).
+  def process_rows(self, split, process_index=0, process_count=1, with_boxes_only=False):
+    """Rows of `index(split)` that `records` gives this process (only those with boxes if asked), in index order.
 
     Images are sorted by orientation before being dealt out, so every process gets its share of both orientations.
     """
@@ -232,7 +242,17 @@ class FolderSource:
     if with_boxes_only:
       rows = rows[[len(b) > 0 for b in index.labels]]
     rows = rows[np.argsort(index.sizes[rows, 0] > index.sizes[rows, 1], kind='stable')]
-    return index.select(np.sort(rows[process_index::process_count])).records(seed)
+    return np.sort(rows[process_index::process_count])
+
+  def coco_gt(self, split):
+    """Ground truth of `split` as parsed from its json (all images and annotations, crowd included)."""
+    return self._load(split)[0]
+
+  def records(self, split, process_index=0, process_count=1, seed=None, with_boxes_only=False):
+    """This process's share of the images of `split` (see `process_rows`): once in index order, or with `seed`
+    endlessly, each epoch reshuffled (see `Index.records`)."""
+    rows = self.process_rows(split, process_index, process_count, with_boxes_only)
+    return self.index(split).select(rows).records(seed)
 
   def read(self, record):
     """Encoded bytes of the image of `record` (a string tensor)."""
@@ -339,6 +359,15 @@ class TfdsSource:
     del split
     return tuple(self.builder.info.features['objects']['label'].names)
 
+  def num_images(self, split):
+    """Images in `split`, from the dataset's metadata."""
+    return self.builder.info.splits[self._split_name(split)].num_examples
+
+  def missing(self, split):
+    """No files to miss: the images are inside the dataset."""
+    del split
+    return ()
+
   def coco_gt(self, split):
     """Ground truth of `split` built in memory from one pass over the dataset (crowd boxes kept, as in COCO)."""
     return self._scan(split)[1]
@@ -378,22 +407,23 @@ def integrity_problem(encoded):
   return problem
 
 
-def decode(record, encoded, on_bad=None):
-  """Canonical example of `record` from its `encoded` bytes -> (example, ok).
-
-  A damaged image (see `integrity_problem`) raises an error naming the file, or, given `on_bad` (a Python callable
-  taking the message), is reported to it and comes back with ok=False for the caller to drop. A decoded size
-  different from `orig_size` (the annotation's) is always an error.
-  """
+def unreadable(record, encoded):
+  """'' when the `encoded` bytes of `record`'s image look whole, else 'FILE (image_id N): why' (a string tensor)."""
   problem = integrity_problem(encoded)
   what = tf.strings.join([record['file'], ' (image_id ', tf.strings.as_string(record['image_id']), '): ', problem])
+  return tf.where(tf.equal(problem, ''), '', what)
+
+
+def decode(record, encoded, skip_bad=False):
+  """Canonical example of `record` from its `encoded` bytes -> (example, problem: `unreadable`'s message).
+
+  A damaged image (see `integrity_problem`) raises an error naming the file or, with `skip_bad`, comes back as a
+  zero image of the annotated size with its problem for the caller to handle. A decoded size different from
+  `orig_size` (the annotation's) is always an error.
+  """
+  problem = unreadable(record, encoded)
   ok = tf.equal(problem, '')
-  if on_bad is None:
-    checks = [tf.debugging.Assert(ok, [tf.strings.join(['Unreadable image ', what])])]
-  else:
-    ok = tf.cond(ok, lambda: tf.constant(True),
-                 lambda: tf.py_function(lambda m: on_bad(m.numpy().decode()) or False, [what], tf.bool))
-    checks = []
+  checks = [] if skip_bad else [tf.debugging.Assert(ok, [tf.strings.join(['Unreadable image ', problem])])]
   with tf.control_dependencies(checks):
     image = tf.cond(ok, lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
                     lambda: tf.zeros(tf.concat([record['orig_size'], [3]], 0), tf.uint8))
@@ -404,4 +434,27 @@ def decode(record, encoded, on_bad=None):
   with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(tf.equal(size, record['orig_size'])), [size_msg])]):
     image = tf.identity(image)
   example = {k: record[k] for k in ('file', 'image_id', 'orig_size', 'boxes', 'labels')}
-  return {**example, 'image': image}, ok
+  return {**example, 'image': image}, problem
+
+
+def label_to_category(class_names, categories):
+  """The dataset's category id of each of a model's classes, matched by name -> tuple [len(class_names)] of ints,
+  -1 where the dataset has no category of that name (a dataset may have fewer; those detections are not scored).
+
+  `class_names`: the model's class names in label order; `categories`: the dataset's COCO category dicts ('id',
+  'name'). A dataset category the model does not know, or a name given twice, raises ValueError listing them all.
+  """
+  names = [str(c.get('name', '')) for c in categories]
+  problems = []
+  for what, listed in (('model class', list(class_names)), ('dataset category', names)):
+    twice = sorted({n for n in listed if listed.count(n) > 1})
+    if twice:
+      problems.append(f'{what} names given more than once: {_listing(twice)}')
+  unknown = [f'{c["id"]} {str(c.get("name", ""))!r}' for c in categories if str(c.get('name', '')) not in class_names]
+  if unknown:
+    problems.append(f'dataset categories the model does not know ({len(unknown)}): {_listing(unknown)}; the model '
+                    f'knows: {_listing(list(class_names), 20)}')
+  if problems:
+    raise ValueError('The dataset\'s categories do not match the model\'s classes by name:\n  ' + '\n  '.join(problems))
+  category_of = {str(c['name']): c['id'] for c in categories}
+  return tuple(int(category_of.get(name, -1)) for name in class_names)

@@ -3,7 +3,8 @@
 Batch contract (NumPy dicts; B = batch size per process, G = data.max_boxes, (H, W) one canvas per batch):
   image [B, H, W, 3] uint8 (zero padded), boxes [B, G, 4] float32 xyxy canvas pixels (padded slots zero),
   labels [B, G] int32 (padded -1), valid [B, G] bool, image_id [B] int32, scale [B, 2] float32 (sy, sx),
-  orig_size [B, 2] int32 (h, w), size [B, 2] int32 (resized h, w); evaluation adds mask [B] bool.
+  orig_size [B, 2] int32 (h, w), size [B, 2] int32 (resized h, w); evaluation adds mask [B] bool (an image to
+  predict on) and unreadable [B] bool (an image of the split that could not be read: no predictions, but counted).
 
 Every step, all processes yield the same canvas: buckets are drawn from one seeded schedule (training) or come in a
 fixed order with the same number of batches per process (evaluation), so the global batch has one shape.
@@ -13,8 +14,10 @@ import dataclasses
 import logging
 import math
 import os
+import queue
 import re
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -36,44 +39,75 @@ def make_source(config):
     if key not in _SOURCES:
       _SOURCES[key] = coco.TfdsSource(d.tfds_name, d.tfds_data_dir)
     return _SOURCES[key]
-  jsons = [os.path.join(d.root, 'annotations', f'instances_{split}.json') for split in (d.train_split, d.val_split)]
+  layout = {d.train_split: (d.train_images, d.train_annotations), d.val_split: (d.val_images, d.val_annotations)}
+  jsons = [coco.split_paths(d.root, split, *paths)[1] for split, paths in layout.items()]
   if d.generate_synthetic and not all(os.path.exists(path) for path in jsons):
     logging.info('Generating the synthetic dataset in %s', d.root)
     synthetic.generate(d.root, seed=config.seed)
-  key = ('folder', os.path.abspath(d.root), d.skip_bad_images)
+  key = ('folder', os.path.abspath(d.root), d.skip_bad_images, tuple(sorted(layout.items())))
   if key not in _SOURCES:
-    _SOURCES[key] = coco.FolderSource(d.root, skip_bad_images=d.skip_bad_images)
+    _SOURCES[key] = coco.FolderSource(d.root, skip_bad_images=d.skip_bad_images, layout=layout)
   return _SOURCES[key]
+
+
+_SUMMARY_FILES = 5  # Files named in a summary of the skipped ones.
 
 
 @dataclasses.dataclass
 class InputStats:
-  """What the input dropped instead of failing, so training can report it."""
-  skipped_images: int = 0  # Unreadable images skipped (data.skip_bad_images).
+  """What the input dropped instead of failing, so training and evaluation can report it."""
   images_over_max_boxes: int = 0  # Images with more GT boxes than data.max_boxes.
   dropped_boxes: int = 0  # Their smallest boxes, dropped.
+  skipped: dict = dataclasses.field(default_factory=dict)  # 'FILE (image_id N): why' -> None, in order seen.
 
-  def __post_init__(self):
-    self._lock = threading.Lock()
+  @property
+  def skipped_images(self):
+    """Unreadable or missing images skipped (data.skip_bad_images), each counted once however often it came."""
+    return len(self.skipped)
 
-  def skip(self, message):
-    """Counts and logs one skipped image (called from the tf.data threads)."""
-    with self._lock:
-      self.skipped_images += 1
-    logging.warning('Skipping unreadable image %s', message)
+  def skip(self, messages, warn=True):
+    """Counts the images of `messages` ('FILE (image_id N): why'; '' ignored); warns once per new one."""
+    for message in messages:
+      if message and message not in self.skipped:
+        self.skipped[message] = None
+        if warn:
+          logging.warning('Skipping unreadable image %s', message)
+
+  def summary(self):
+    """{'skipped_images': count, 'skipped_files': the first few messages} for metrics files."""
+    return {'skipped_images': self.skipped_images, 'skipped_files': list(self.skipped)[:_SUMMARY_FILES]}
+
+  def summary_line(self):
+    """One line for the end of a run, '' when nothing was skipped."""
+    if not self.skipped:
+      return ''
+    first = list(self.skipped)[:_SUMMARY_FILES]
+    return (f'Skipped {self.skipped_images} unreadable image(s) (data.skip_bad_images): ' + '; '.join(first)
+            + ('; ...' if self.skipped_images > len(first) else ''))
+
+
+class Interrupted(Exception):
+  """A stop was requested (e.g. SIGTERM) before or while waiting for a batch: the iterator's position is that of the
+  last batch returned, unless its `stuck` is set (see BatchIterator)."""
+
+
+_POLL_S = 0.2  # How often a wait for input checks for a stop request.
+_GRACE_S = 5  # After a stop request, how long a batch being read may take before the wait gives up.
 
 
 class Batches:
   """Iterable of NumPy batches from a tf.data pipeline; `stats` counts what the input dropped.
 
-  `dataset` is the underlying tf.data.Dataset; `len()` is the number of batches (evaluation only). Its iterators
-  are checkpointable: `tf.train.Checkpoint(iterator=iter(batches))` saves and restores the position.
+  `dataset` is the underlying tf.data.Dataset; `len()` is the number of batches (evaluation only). Iterators are
+  checkpointable: `tf.train.Checkpoint(iterator=iter(batches))` saves and restores the position. `stop` (a callable)
+  is asked before each batch and polled while waiting for one: once it returns True, `next()` raises Interrupted.
   """
 
-  def __init__(self, dataset, stats, num_batches=None):
+  def __init__(self, dataset, stats, num_batches=None, stop=None):
     self.dataset = dataset
     self.stats = stats
     self.num_batches = num_batches
+    self.stop = stop or (lambda: False)
 
   def __len__(self):
     if self.num_batches is None:
@@ -81,26 +115,71 @@ class Batches:
     return self.num_batches
 
   def __iter__(self):
-    return BatchIterator(self.dataset, self.stats)
+    return BatchIterator(self.dataset, self.stats, self.stop)
 
 
 class BatchIterator(tf.Module):
-  """Iterator over NumPy batch dicts; a tf.Module so that tf.train.Checkpoint tracks the tf.data iterator inside."""
+  """Iterator over NumPy batch dicts; a tf.Module so that tf.train.Checkpoint tracks the tf.data iterator inside.
 
-  def __init__(self, dataset, stats):
+  A worker thread runs the tf.data `next()` (C++, where Python signal handlers cannot run) one batch per request,
+  and the caller waits for it in short slices: Ctrl-C raises at once and `stop` is honoured within _POLL_S, or, if a
+  batch is being read, when it arrives or after _GRACE_S (then `stuck` is True: the read never ended, and the
+  position must not be saved, as the iterator is busy).
+  """
+
+  def __init__(self, dataset, stats, stop):
     super().__init__()
     self._iterator = iter(dataset)
     self._stats = stats
+    self._stop = stop
+    self._requests, self._results = queue.SimpleQueue(), queue.SimpleQueue()
+    self._worker = None
+    self.stuck = False  # A read outlived a stop request by _GRACE_S.
+    self._waiting = False  # A request is out and its batch not yet handed out.
 
   def __iter__(self):
     return self
 
+  def _work(self):
+    """Worker thread: one batch per request; exceptions are handed over."""
+    while self._requests.get():
+      try:
+        self._results.put({k: v.numpy() for k, v in next(self._iterator).items()})
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller's thread)
+        self._results.put(e)
+        return
+
   def __next__(self):
-    try:
-      batch = {k: v.numpy() for k, v in next(self._iterator).items()}
-    except tf.errors.OpError as e:
-      found = re.search(r'assertion failed: \[(.*?)\]', e.message, re.S)
-      raise ValueError(f'Input pipeline: {found.group(1) if found else e.message}') from None
+    if not self._waiting:
+      if self._stop():
+        raise Interrupted('Stop requested.')
+      if self._worker is None:
+        self._worker = threading.Thread(target=self._work, name='input', daemon=True)
+        self._worker.start()
+      self._requests.put(True)
+      self._waiting = True
+    deadline = None
+    while True:
+      try:
+        batch = self._results.get(timeout=_POLL_S)
+        break
+      except queue.Empty:
+        if deadline is None and self._stop():
+          deadline = time.monotonic() + _GRACE_S
+        if deadline is not None and time.monotonic() > deadline:
+          self.stuck = True
+          raise Interrupted(f'Stop requested; the input has been stuck for {_GRACE_S} s since.') from None
+    self._waiting = False
+    if isinstance(batch, StopIteration):
+      raise StopIteration
+    if isinstance(batch, tf.errors.OpError):
+      found = re.search(r'assertion failed: \[(.*?)\]', batch.message, re.S)
+      raise ValueError(f'Input pipeline: {found.group(1) if found else batch.message}') from None
+    if isinstance(batch, BaseException):
+      raise batch
+    for key in ('skipped', 'problem'):  # Messages of unreadable images: [B, K] (training) or [B] (evaluation).
+      if key in batch:
+        self._stats.skip(m.decode() for m in np.ravel(batch.pop(key)))
     dropped = batch.pop('dropped_boxes')
     if dropped.any():
       self._stats.images_over_max_boxes += int(np.sum(dropped > 0))
@@ -117,6 +196,7 @@ class EvalInfo:
   num_images: int  # Images evaluated over all processes.
   label_to_category: tuple  # COCO category id of each contiguous label.
   coco_gt: object  # pycocotools COCO ground truth of the split (all its images; restrict to the evaluated ids).
+  missing_image_ids: tuple = ()  # Images whose files are missing (data.skip_bad_images): evaluated as missed.
 
 
 def _local_batch(batch_size, process_count, what):
@@ -140,8 +220,6 @@ def _options(dataset, config):
   options.deterministic = True
   # Iterator checkpoints keep positions, not prefetched batches (every random draw is keyed by the element's index).
   options.experimental_symbolic_checkpoint = True
-  # The only external state is the py_function that logs skipped images: it does not affect what comes next.
-  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
   if config.data.threads:
     options.threading.private_threadpool_size = config.data.threads
   return dataset.with_options(options)
@@ -179,26 +257,80 @@ def _padded_batch(dataset, batch_size, canvas):
   return dataset.padded_batch(batch_size, shapes, drop_remainder=True)
 
 
-def _element(source, record, config, canvas, short, flip, on_bad):
-  """Decoded, transformed element for `canvas`, and whether the image was readable."""
+def _element(source, record, config, canvas, short, flip, skip_bad=False):
+  """Decoded, transformed element for `canvas`, and its `coco.unreadable` message ('' if readable)."""
   d = config.data
-  example, ok = coco.decode(record, source.read(record), on_bad)
-  return transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes), ok
+  example, problem = coco.decode(record, source.read(record), skip_bad)
+  return transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes), problem
 
 
-def make_train_dataset(config, process_index=0, process_count=1):
+def _images_per_bucket(source, split, canvases, process_index, process_count):
+  """This process's training images in each canvas bucket, per epoch: [len(canvases)] ints, exact for a folder,
+  for TFDS an upper bound (the process's share of the whole split)."""
+  if isinstance(source, coco.FolderSource):
+    rows = source.process_rows(split, process_index, process_count, with_boxes_only=True)
+    return np.bincount(transforms.canvas_index(source.index(split).sizes[rows], canvases), minlength=len(canvases))
+  return np.full(len(canvases), -(-source.num_images(split) // process_count))
+
+
+def _readable_only(source, records, num_images, what):
+  """`records` (one bucket's endless stream, every image `num_images` times or less per epoch) without the
+  unreadable images; each kept record gets `skipped` [K] string, the messages of those dropped since the last one.
+
+  Checked before the shuffle buffer, so that a run of 2 * num_images - 1 unreadable records in a row proves that
+  no image is readable (between two passes of a readable image lie at most 2 * num_images - 2 others): then it
+  stops with an error naming `what` instead of waiting forever for an element.
+  """
+  limit = 2 * int(num_images) - 1
+
+  @tf.autograph.experimental.do_not_convert
+  def check(record):
+    return {**record, 'problem': coco.unreadable(record, source.read(record))}
+
+  @tf.autograph.experimental.do_not_convert
+  def step(state, record):
+    run, pending = state
+    problem = record['problem']
+    record = {k: v for k, v in record.items() if k != 'problem'}
+    bad = tf.not_equal(problem, '')
+    run = tf.where(bad, run + 1, 0)
+    found = tf.strings.reduce_join(tf.unique(tf.concat([pending, [problem]], 0)).y[:_SUMMARY_FILES], separator='; ')
+    message = tf.strings.join([f'No readable image in {what} ({num_images} image(s) or fewer; {limit} unreadable '
+                               'in a row): ', found])
+    with tf.control_dependencies([tf.debugging.Assert(run < limit, [message])]):
+      pending_next = tf.cond(bad, lambda: tf.concat([pending, [problem]], 0), lambda: tf.zeros([0], tf.string))
+    return (run, pending_next), ({**record, 'skipped': pending}, bad)
+
+  @tf.autograph.experimental.do_not_convert
+  def readable(record, bad):  # pylint: disable=unused-argument
+    return ~bad
+
+  @tf.autograph.experimental.do_not_convert
+  def without_flag(record, bad):  # pylint: disable=unused-argument
+    return record
+
+  initial = (tf.constant(0, tf.int64), tf.zeros([0], tf.string))
+  records = records.map(check, num_parallel_calls=tf.data.AUTOTUNE).scan(initial, step)
+  return records.filter(readable).map(without_flag)
+
+
+def make_train_dataset(config, process_index=0, process_count=1, stop=None):
   """Infinite, shuffled, deterministic training batches of `train.batch_size // process_count` images -> Batches.
 
   Each process reads its own share of the images as an endless shuffled stream; each canvas bucket takes its
   images from it, and a schedule seeded by `config.seed` (the same on every process) picks the bucket of every batch.
+  With data.skip_bad_images, unreadable images are dropped (and reported once each); a bucket with no readable image
+  is an error. `stop`: see `Batches`.
   """
   d = config.data
   batch = _local_batch(config.train.batch_size, process_count, 'train.batch_size')
   source = make_source(config)
   _check_classes(source, d.train_split, config)
   stats = InputStats()
-  on_bad = stats.skip if d.skip_bad_images else None
+  stats.skip((f'{file} (image_id {image_id}): missing' for file, image_id in source.missing(d.train_split)), warn=False)
   weights = _bucket_weights(source, config, d.train_split, process_count)
+  if d.skip_bad_images:
+    per_bucket = _images_per_bucket(source, d.train_split, d.canvases, process_index, process_count)
   records = source.records(d.train_split, process_index, process_count, seed=_seed(config.seed, _FILES, process_index),
                            with_boxes_only=True)
   streams = []
@@ -212,36 +344,42 @@ def make_train_dataset(config, process_index=0, process_count=1):
       seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(base_seed, i), 2)
       short = transforms.random_short_side(tuple(d.short_sizes), seeds[0])
       flip = tf.random.stateless_uniform([], seeds[1]) < 0.5 if d.flip else False
-      return _element(source, record, config, canvas, short, flip, on_bad)
+      element, _ = _element(source, record, config, canvas, short, flip)
+      return {**element, **({'skipped': record['skipped']} if 'skipped' in record else {})}
 
     stream = records.filter(lambda r, k=k: tf.equal(transforms.canvas_index(r['orig_size'], d.canvases), k))
+    if d.skip_bad_images:
+      what = (f'canvas {canvas[0]}x{canvas[1]} of split {d.train_split}'
+              + (f' on process {process_index}' if process_count > 1 else ''))
+      stream = _readable_only(source, stream, per_bucket[k], what)
     stream = stream.shuffle(d.shuffle_buffer, seed=_seed(config.seed, _SHUFFLE, process_index, k)).enumerate()
     stream = stream.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if on_bad:
-      stream = stream.filter(lambda element, ok: ok)
-    streams.append(_padded_batch(stream.map(lambda element, ok: element), batch, canvas))
+    streams.append(_padded_batch(stream, batch, canvas))
   if len(streams) == 1:
     dataset = streams[0]
   else:
     dataset = tf.data.Dataset.sample_from_datasets(streams, [w for w in weights if w],
                                                    seed=_seed(config.seed, _SCHEDULE), stop_on_empty_dataset=True)
-  return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats)
+  return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, stop=stop)
 
 
 def _padding_element(max_boxes):
-  """An all-zero element (mask False) that fills the last batch of a bucket."""
+  """An all-zero element (mask and unreadable False) that fills the last batch of a bucket."""
   return {'image': tf.zeros([0, 0, 3], tf.uint8), 'boxes': tf.zeros([max_boxes, 4], tf.float32),
           'labels': -tf.ones([max_boxes], tf.int32), 'valid': tf.zeros([max_boxes], bool),
           'image_id': tf.constant(-1, tf.int32), 'scale': tf.ones([2], tf.float32),
           'orig_size': tf.zeros([2], tf.int32), 'size': tf.zeros([2], tf.int32),
-          'dropped_boxes': tf.constant(0, tf.int32), 'mask': tf.constant(False)}
+          'dropped_boxes': tf.constant(0, tf.int32), 'mask': tf.constant(False), 'unreadable': tf.constant(False),
+          'problem': tf.constant('')}
 
 
-def make_eval_dataset(config, split=None, process_index=0, process_count=1):
+def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop=None):
   """Every image of `split` (default data.val_split) once, in batches of `eval.batch_size // process_count`.
 
   Buckets come one after the other; each process gets every `process_count`-th image of a bucket and the same number
   of batches, the last of a bucket padded with `mask` False. `eval.max_images` > 0 keeps only the first images.
+  With data.skip_bad_images an unreadable image stays in its batch with `mask` False and `unreadable` True (a zero
+  image; its ground truth still counts, as missed) and is reported once. `stop`: see `Batches`.
   Returns (Batches, EvalInfo).
   """
   d = config.data
@@ -250,7 +388,6 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1):
   source = make_source(config)
   _check_classes(source, split, config)
   stats = InputStats()
-  on_bad = stats.skip if d.skip_bad_images else None
   index = source.index(split)
   n = len(index) if config.eval.max_images <= 0 else min(len(index), config.eval.max_images)
   counts = np.bincount(transforms.canvas_index(index.sizes[:n], d.canvases), minlength=len(d.canvases))
@@ -264,20 +401,21 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1):
 
     @tf.autograph.experimental.do_not_convert
     def load(record, canvas=canvas):
-      element, ok = _element(source, record, config, canvas, d.eval_short_size, False, on_bad)
-      return {**element, 'mask': tf.constant(True)}, ok
+      element, problem = _element(source, record, config, canvas, d.eval_short_size, False, d.skip_bad_images)
+      readable = tf.equal(problem, '')
+      return {**element, 'mask': readable, 'unreadable': ~readable, 'problem': problem}
 
     part = records.filter(lambda r, k=k: tf.equal(transforms.canvas_index(r['orig_size'], d.canvases), k))
     part = part.shard(process_count, process_index).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if on_bad:
-      part = part.filter(lambda element, ok: ok)
-    part = part.map(lambda element, ok: element)
     part = part.concatenate(tf.data.Dataset.from_tensors(_padding_element(d.max_boxes)).repeat())
     parts.append(_padded_batch(part.take(batches * batch), batch, canvas))
     num_batches += batches
   dataset = parts[0]
   for part in parts[1:]:
     dataset = dataset.concatenate(part)
-  info = EvalInfo(num_batches, n, source.category_ids(split), source.coco_gt(split))
-  return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, num_batches), info
+  missing = source.missing(split) if config.eval.max_images <= 0 else ()
+  stats.skip((f'{file} (image_id {image_id}): missing' for file, image_id in missing), warn=False)
+  info = EvalInfo(num_batches, n + len(missing), source.category_ids(split), source.coco_gt(split),
+                  tuple(image_id for _, image_id in missing))
+  return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, num_batches, stop), info
 
