@@ -4,8 +4,8 @@
   python -m benchmarks.export --canvas 896 1408 --repeats 10
 
 Every runtime computes the same function (normalise + network + decode + NMS, R50-FPN, K = 100): the JAX
-detect function jitted, the StableHLO artifact reloaded with jax.export.deserialize, and the TF SavedModel
-(tf.saved_model.load). With .venv-torch, torchvision's `fcos_resnet50_fpn` runs first and every fcos_jax runtime
+detect function jitted, the StableHLO artifact reloaded with jax.export.deserialize, the TF SavedModel
+(tf.saved_model.load), and the ONNX model in onnxruntime (CPUExecutionProvider, default threads). With .venv-torch, torchvision's `fcos_resnet50_fpn` runs first and every fcos_jax runtime
 uses its converted weights and detection rule (as benchmarks/inference.py does); without it, fcos_jax's random init.
 Prints median / p90 latency per batch and images/s; writes benchmarks/results/export.json.
 """
@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+import onnxruntime
 
 from benchmarks import inputs, timing, torchvision_fcos
 from fcos_jax import export, predict
@@ -41,6 +42,12 @@ def runtimes(config, variables, canvas, workdir):
   print(f'savedmodel export {time.perf_counter() - start:.1f} s', flush=True)
   saved = tf.saved_model.load(path)
   found['savedmodel'] = lambda images, sizes: {k: v.numpy() for k, v in saved.serve(images, sizes).items()}
+  start = time.perf_counter()
+  path = export.export(config, variables, 'onnx', os.path.join(workdir, 'onnx'), canvas)
+  print(f'onnx export {time.perf_counter() - start:.1f} s', flush=True)
+  session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+  names = [o.name for o in session.get_outputs()]
+  found['onnxruntime'] = lambda images, sizes: dict(zip(names, session.run(None, {'images': images, 'sizes': sizes})))
   return found
 
 

@@ -1,4 +1,4 @@
-"""Export a detector for serving: StableHLO (jax.export) or a TensorFlow SavedModel (jax2tf).
+"""Export a detector for serving: StableHLO (jax.export), a TensorFlow SavedModel (jax2tf) or ONNX.
 
 Every format computes `predict.make_detect_fn` with the weights baked in, on one fixed canvas (H, W) and ANY batch
 size (a symbolic batch dimension):
@@ -10,12 +10,11 @@ size (a symbolic batch dimension):
            post-processing of your own.
 Beside the model, `contract.json` records the canvas, class names, category ids and the pre/post-processing rules.
 
-ONNX is not offered: jax2onnx 0.17.1 (the current release) requires orbax-checkpoint < 0.11.37 (fcos_jax needs
-0.12.8), replaces flax's nn.max_pool when imported, writes a MaxPool for the ResNet stem that onnxruntime rejects
-("Unsupported pooling size"), fails on lax.pad with a symbolic batch, and writes a Loop for the batched NMS that
-onnxruntime cannot type-check (checked 2026-12-02).
+ONNX (opset 18, for onnxruntime) is written by our own jaxpr translator (`fcos_jax.onnx_export`: the network and
+decode traced from the same function); its detections come from ONNX's NonMaxSuppression plus a top-K
+(`onnx_export.detections_head`), the same detections as `postprocess.detect` for 'fast' (see there for 'paddle').
 
-  python -m fcos_jax.export --checkpoint CKPT --out DIR --format stablehlo|savedmodel [--canvas H W]
+  python -m fcos_jax.export --checkpoint CKPT --out DIR --format stablehlo|savedmodel|onnx [--canvas H W]
 """
 
 import argparse
@@ -28,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax import checkpoints, predict
+from fcos_jax import checkpoints, locations, predict
 from fcos_jax.model import fcos
 
-FORMATS = {'stablehlo': 'model.stablehlo', 'savedmodel': 'saved_model'}
+FORMATS = {'stablehlo': 'model.stablehlo', 'savedmodel': 'saved_model', 'onnx': 'model.onnx'}
 PLATFORMS = ('cpu', 'cuda')
 
 
@@ -94,12 +93,45 @@ def export_savedmodel(fn, canvas, path):
     tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
 
 
+def export_onnx(config, variables, canvas, path, outputs):
+  """An ONNX model (symbolic dim 'batch') computing `make_detect_fn`'s 'points', then, for 'detections', the
+  NonMaxSuppression head; run it with `onnxruntime.InferenceSession(path).run(None, {'images': .., 'sizes': ..})`."""
+  try:
+    from fcos_jax import onnx_export  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"the onnx format needs the onnx package: pip install 'fcos_jax[export]' ({e})") from None
+  head = None
+  if outputs == 'detections':
+    level_sizes = [h * w for h, w in locations.points_from_config(canvas, config).shapes]
+    head = onnx_export.detections_head(config.postprocess, level_sizes, config.model.num_classes)
+  model = onnx_export.to_onnx(serving_function(config, variables, 'points'), input_specs(canvas),
+                              ['images', 'sizes'], head)
+  with open(path, 'wb') as f:
+    f.write(model.SerializeToString())
+
+
 def contract(fmt, config, canvas, class_names, category_ids, outputs):
   """The json written beside an export: everything a server needs to feed it and read its outputs."""
   d, p = config.data, config.postprocess
+  k, c = p.max_detections, config.model.num_classes
+  num_points = len(locations.points_from_config(canvas, config).xy)
+  tensors = {
+      'detections': {'boxes': f'float32 [B, {k}, 4] xyxy canvas pixels, zeros where not valid',
+                     'scores': f'float32 [B, {k}] descending, zeros where not valid',
+                     'classes': f'int32 [B, {k}] index into class_names, -1 where not valid',
+                     'valid': f'bool [B, {k}]'},
+      'points': {'boxes': f'float32 [B, {num_points}, 4] xyxy canvas pixels, one box per point',
+                 'scores': f'float32 [B, {num_points}, {c}] per point and class, before any threshold or NMS'}}
+  if fmt == 'onnx' and outputs == 'detections':
+    nms = ('ONNX NonMaxSuppression + TopK (onnx_export.detections_head): the same detections as fcos_jax for '
+           "'fast'" + ("; for 'paddle', two touching zero-area boxes never suppress each other here"
+                       if p.method == 'paddle' else ''))
+  else:
+    nms = 'inside the model (greedy, class-aware)' if outputs == 'detections' else 'none: yours to run on the points'
   return {
       'format': fmt, 'file': FORMATS[fmt], 'canvas': list(canvas), 'outputs': outputs,
-      'platforms': list(PLATFORMS),
+      'output_tensors': tensors[outputs],
+      'platforms': ['onnxruntime (opset 18)'] if fmt == 'onnx' else list(PLATFORMS),
       'class_names': list(class_names), 'category_ids': [int(i) for i in category_ids],
       'inputs': {'images': f'uint8 [B, {canvas[0]}, {canvas[1]}, 3] RGB, each resized image at the top-left of a '
                            'zero canvas', 'sizes': 'int32 [B, 2] (h, w) of each resized image'},
@@ -110,12 +142,12 @@ def contract(fmt, config, canvas, class_names, category_ids, outputs):
           'normalization': 'inside the model (ImageNet mean/std on [0, 1]); padding must be zero'},
       'postprocessing': {
           'method': p.method, 'score_threshold': p.score_threshold, 'nms_iou': p.nms_iou,
-          'max_detections': p.max_detections, 'score_sqrt': p.score_sqrt,
+          'max_detections': p.max_detections, 'score_sqrt': p.score_sqrt, 'nms': nms,
           'boxes': 'xyxy canvas pixels; original pixels: x / (new_w / w), y / (new_h / h); keep rows where valid'}}
 
 
 def export(config, variables, fmt, out, canvas=None, class_names=None, category_ids=None, outputs='detections'):
-  """Writes `fmt` (stablehlo or savedmodel) and contract.json into directory `out`; returns the model path."""
+  """Writes `fmt` (stablehlo, savedmodel or onnx) and contract.json into directory `out`; returns the model path."""
   if fmt not in FORMATS:
     raise ValueError(f'format {fmt!r} must be one of {", ".join(FORMATS)}')
   canvas = tuple(int(v) for v in (canvas or config.data.canvases[0]))
@@ -126,8 +158,11 @@ def export(config, variables, fmt, out, canvas=None, class_names=None, category_
   category_ids = category_ids or list(range(num_classes))
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, FORMATS[fmt])
-  fn = serving_function(config, variables, outputs)
-  (export_stablehlo if fmt == 'stablehlo' else export_savedmodel)(fn, canvas, path)
+  if fmt == 'onnx':
+    export_onnx(config, variables, canvas, path, outputs)
+  else:
+    fn = serving_function(config, variables, outputs)
+    (export_stablehlo if fmt == 'stablehlo' else export_savedmodel)(fn, canvas, path)
   with open(os.path.join(out, 'contract.json'), 'w') as f:
     json.dump(contract(fmt, config, canvas, class_names, category_ids, outputs), f, indent=1)
   return path

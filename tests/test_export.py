@@ -1,5 +1,5 @@
 """Exports vs the JAX detect function at batch 1 and 3, each loaded in a fresh process that never imports flax or
-fcos_jax; the export command from a checkpoint with metadata."""
+fcos_jax (nor jax or TensorFlow for ONNX); the export command from a checkpoint with metadata."""
 
 import json
 import os
@@ -21,7 +21,12 @@ LOADERS = {  # Run in a subprocess: load the export with its runtime alone, run 
                  'run = lambda images, sizes: {k: np.asarray(v) for k, v in exp.call(images, sizes).items()}\n',
     'savedmodel': 'import tensorflow as tf\nmodel = tf.saved_model.load(MODEL)\n'
                   'run = lambda images, sizes: {k: v.numpy() for k, v in model.serve(images, sizes).items()}\n',
+    'onnx': 'import onnxruntime\nsession = onnxruntime.InferenceSession(MODEL, providers=["CPUExecutionProvider"])\n'
+            'names = [o.name for o in session.get_outputs()]\n'
+            'run = lambda images, sizes: dict(zip(names, session.run(None, {"images": images, "sizes": sizes})))\n',
 }
+FORBIDDEN = {'stablehlo': ('flax', 'fcos_jax'), 'savedmodel': ('flax', 'fcos_jax'),  # Modules the loader never imports.
+             'onnx': ('flax', 'fcos_jax', 'jax', 'jaxlib', 'tensorflow')}
 SCRIPT = '''import sys
 import numpy as np
 MODEL, DATA, OUT = sys.argv[1:]
@@ -30,7 +35,7 @@ data = np.load(DATA)
 outputs = {{}}
 for batch in (1, 3):
   outputs.update({{f'{{k}}_{{batch}}': v for k, v in run(data[f'images_{{batch}}'], data[f'sizes_{{batch}}']).items()}})
-assert not any(m.split('.')[0] in ('flax', 'fcos_jax') for m in sys.modules), 'the model code was imported'
+assert not any(m.split('.')[0] in {forbidden} for m in sys.modules), 'the model code was imported'
 np.savez(OUT, **outputs)
 '''
 
@@ -56,7 +61,7 @@ def model_and_inputs(tmp_path_factory):
 
 def run_export(fmt, model_path, inputs, tmp_path):
   script = tmp_path / 'load.py'
-  script.write_text(SCRIPT.format(loader=LOADERS[fmt]))
+  script.write_text(SCRIPT.format(loader=LOADERS[fmt], forbidden=FORBIDDEN[fmt]))
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
   proc = subprocess.run([sys.executable, str(script), str(model_path), str(inputs), str(tmp_path / 'out.npz')],
@@ -80,9 +85,12 @@ def assert_same_detections(got, want):
   assert np.all(np.where(degenerate, np.abs(a - b).max(-1) < 1e-2, iou > 0.99))
 
 
-@pytest.mark.parametrize('fmt', ['stablehlo', 'savedmodel'])
-def test_export_equals_the_jax_detector_at_batch_1_and_3(model_and_inputs, fmt, tmp_path):
+@pytest.mark.parametrize('fmt,method', [('stablehlo', 'fast'), ('savedmodel', 'fast'), ('onnx', 'fast'),
+                                        ('onnx', 'paddle')])
+def test_export_equals_the_jax_detector_at_batch_1_and_3(model_and_inputs, fmt, method, tmp_path):
   config, variables, data, inputs = model_and_inputs
+  config = config.copy_and_resolve_references()
+  config.postprocess.method = method
   path = export.export(config, variables, fmt, str(tmp_path / 'export'), CANVAS, ['a', 'b', 'c'], [4, 5, 6])
   got = run_export(fmt, path, inputs, tmp_path)
   detect = jax.jit(predict.make_detect_fn(fcos.build_model(config.model), config))
@@ -92,17 +100,20 @@ def test_export_equals_the_jax_detector_at_batch_1_and_3(model_and_inputs, fmt, 
   contract = json.loads((tmp_path / 'export' / 'contract.json').read_text())
   assert contract['canvas'] == list(CANVAS) and contract['class_names'] == ['a', 'b', 'c']
   assert contract['category_ids'] == [4, 5, 6] and contract['preprocessing']['short_side'] == 128
+  assert sorted(contract['output_tensors']) == ['boxes', 'classes', 'scores', 'valid']
 
 
-def test_export_of_per_point_outputs(model_and_inputs, tmp_path):
+@pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])
+def test_export_of_per_point_outputs(model_and_inputs, fmt, tmp_path):
   config, variables, data, inputs = model_and_inputs
-  path = export.export(config, variables, 'stablehlo', str(tmp_path / 'export'), CANVAS, outputs='points')
-  got = run_export('stablehlo', path, inputs, tmp_path)
+  path = export.export(config, variables, fmt, str(tmp_path / 'export'), CANVAS, outputs='points')
+  got = run_export(fmt, path, inputs, tmp_path)
   detect = jax.jit(predict.make_detect_fn(fcos.build_model(config.model), config, outputs='points'))
-  want = jax.device_get(detect(variables, data['images_3'], data['sizes_3']))
-  assert got['scores_3'].shape == want['scores'].shape == (3, 682, 3)
-  for key in ('boxes', 'scores'):
-    assert np.abs(got[f'{key}_3'] - want[key]).max() / np.abs(want[key]).max() < 1e-4
+  for batch in (1, 3):
+    want = jax.device_get(detect(variables, data[f'images_{batch}'], data[f'sizes_{batch}']))
+    assert got[f'scores_{batch}'].shape == want['scores'].shape == (batch, 682, 3)
+    for key in ('boxes', 'scores'):
+      assert np.abs(got[f'{key}_{batch}'] - want[key]).max() / np.abs(want[key]).max() < 1e-4
 
 
 def test_export_command(model_and_inputs, tmp_path):
