@@ -11,6 +11,7 @@ Why our own: jax2onnx 0.17.1 pins orbax-checkpoint < 0.11.37 (we need 0.12.8), p
 and writes graphs onnxruntime 1.32 rejects for this model; tf2onnx cannot read jax2tf's XlaCallModule.
 """
 
+import hashlib
 import itertools
 
 import jax
@@ -32,6 +33,7 @@ class Graph:
   def __init__(self, batch_dim, batch_source):
     self.nodes, self.initializers, self._count = [], [], itertools.count()
     self.batch_dim, self._batch_source, self._batch = batch_dim, batch_source, None
+    self._names = {}  # Constant content -> initializer: the head's weights serve every FPN level.
 
   def fresh(self, prefix):
     return f'{prefix}_{next(self._count)}'
@@ -46,9 +48,12 @@ class Graph:
     """The tensor name of `x`: itself if a name, else a new initializer holding the constant."""
     if isinstance(x, str):
       return x
-    name = self.fresh('const')
-    self.initializers.append(onnx.numpy_helper.from_array(np.asarray(x), name))
-    return name
+    x = np.asarray(x)
+    key = (x.dtype.str, x.shape, hashlib.sha256(np.ascontiguousarray(x).tobytes()).digest())
+    if key not in self._names:
+      self._names[key] = self.fresh('const')
+      self.initializers.append(onnx.numpy_helper.from_array(x, self._names[key]))
+    return self._names[key]
 
   def batch(self):
     """int64 [1]: the runtime batch size (the first dimension of the first input)."""
@@ -308,15 +313,20 @@ def detections_head(cfg, level_sizes, num_classes):
   """A `to_onnx` head: per-point `boxes` [B, P, 4] and `scores` [B, P, C] -> K detections per image with ONNX's
   NonMaxSuppression, as `postprocess.detect` computes them.
 
-  Candidates as cfg.method says ('fast': per level top-k (point, class) pairs; 'paddle': per class top-k points;
-  TopK, like lax.top_k, puts ties at the lower index); each candidate scores in its own class row only, so the
-  per-class NonMaxSuppression (score > threshold, IoU > nms_iou suppresses, ties by lower index) is our class-aware
-  greedy NMS; at most K survive per class, and TopK over the kept candidates' scores picks the first K overall in
-  greedy order. One difference: onnxruntime never suppresses with a zero-area box, while 'paddle' lets two touching
+  Candidates as cfg.method says ('fast': per level top-k (point, class) pairs; 'paddle': per class top-k points),
+  then sorted by score (TopK, like lax.top_k, puts ties at the lower index: our greedy NMS's visiting order). The
+  NonMaxSuppression sees each candidate's rank (N - position, exact in float32) in its own class row only, or 0
+  below the score threshold, so it visits in that same order whatever its own tie rule; per class it is our
+  class-aware greedy NMS (IoU > nms_iou suppresses), keeping at most K, and the first K kept in rank order are the
+  detections. One difference: onnxruntime never suppresses with a zero-area box, while 'paddle' lets two touching
   zero-area boxes suppress each other (Paddle's NaN overlap); 'fast' is exact.
   """
   k = cfg.max_detections
   int64 = lambda *v: np.asarray(v, np.int64)
+  if cfg.method == 'fast':
+    n = sum(min(cfg.pre_nms_top_k, size * num_classes) for size in level_sizes)
+  else:
+    n = num_classes * min(cfg.pre_nms_top_k, sum(level_sizes))
 
   def head(g, points):
     scores, boxes = points['scores'], points['boxes']
@@ -334,36 +344,37 @@ def detections_head(cfg, level_sizes, num_classes):
     else:  # 'paddle': class-major candidates.
       top = min(cfg.pre_nms_top_k, sum(level_sizes))
       values, point = g.op('TopK', [g.op('Transpose', [scores], perm=[0, 2, 1]), int64(top)], 2, axis=2)
-      cand_scores, point = (g.op('Reshape', [x, int64(0, num_classes * top)]) for x in (values, point))
-      classes = g.op('Expand', [np.arange(num_classes * top, dtype=np.int64) // top, g.op('Shape', [cand_scores])])
+      cand_scores, point = (g.op('Reshape', [x, int64(0, n)]) for x in (values, point))
+      classes = g.op('Expand', [np.arange(n, dtype=np.int64) // top, g.op('Shape', [cand_scores])])
+    sorted_scores, order = g.op('TopK', [cand_scores, int64(n)], 2, axis=1)  # [B, N] greedy visiting order
+    classes = g.op('GatherElements', [classes, order], axis=1)
+    point = g.op('GatherElements', [point, order], axis=1)
     cand_boxes = g.op('GatherND', [boxes, g.op('Unsqueeze', [point, int64(2)])], batch_dims=1)  # [B, N, 4]
+    rank = np.arange(n, 0, -1, dtype=np.float32)  # [N] distinct, descending
+    ranks = g.op('Where', [g.op('Greater', [sorted_scores, np.float32(cfg.score_threshold)]), rank, np.float32(0)])
     own_class = g.op('Equal', [g.op('Unsqueeze', [classes, int64(1)]), np.arange(num_classes, dtype=np.int64)[:, None]])
-    class_scores = g.op('Where', [own_class, g.op('Unsqueeze', [cand_scores, int64(1)]), np.float32(-np.inf)])
-    selected = g.op('NonMaxSuppression', [cand_boxes, class_scores, int64(k), np.asarray([cfg.nms_iou], np.float32),
-                                          np.asarray([cfg.score_threshold], np.float32)])  # [M, 3] (b, class, n)
-    where = g.op('Gather', [selected, int64(0, 2)], axis=1)
+    class_ranks = g.op('Where', [own_class, g.op('Unsqueeze', [ranks, int64(1)]), np.float32(0)])  # [B, C, N]
+    selected = g.op('NonMaxSuppression', [cand_boxes, class_ranks, int64(k), np.asarray([cfg.nms_iou], np.float32),
+                                          np.zeros(1, np.float32)])  # [M, 3] (image, class, candidate)
     ones = g.op('ConstantOfShape', [g.op('Shape', [selected], start=0, end=1)],
                 value=onnx.numpy_helper.from_array(np.ones(1, np.float32)))
-    kept = g.op('ScatterND', [g.op('Mul', [cand_scores, np.float32(0)]), where, ones])  # [B, N] 1 where kept
-    kept_scores = g.op('Where', [g.op('Greater', [kept, np.float32(0)]), cand_scores, np.float32(-np.inf)])
-    if cfg.method == 'fast':
-      num_candidates = sum(min(cfg.pre_nms_top_k, size * num_classes) for size in level_sizes)
-    else:
-      num_candidates = num_classes * min(cfg.pre_nms_top_k, sum(level_sizes))
-    if num_candidates < k:  # Fewer candidates than slots: empty slots score -inf, as the ones NMS leaves.
-      pad = int64(0, 0, 0, k - num_candidates)
-      kept_scores = g.op('Pad', [kept_scores, pad, np.float32(-np.inf)])
-      classes = g.op('Pad', [classes, pad, np.int64(0)])
-      cand_boxes = g.op('Pad', [cand_boxes, int64(0, 0, 0, 0, k - num_candidates, 0), np.float32(0)])
-    top_scores, top = g.op('TopK', [kept_scores, int64(k)], 2, axis=1)
-    valid = g.op('Greater', [top_scores, np.float32(-np.inf)])
+    kept = g.op('ScatterND', [g.op('Mul', [ranks, np.float32(0)]), g.op('Gather', [selected, int64(0, 2)], axis=1),
+                              ones])  # [B, N] 1 where kept
+    kept_ranks = g.op('Mul', [kept, rank])
+    if n < k:  # Fewer candidates than slots: the extra slots stay empty, as the ones NMS leaves.
+      kept_ranks, classes, sorted_scores = (g.op('Pad', [x, int64(0, 0, 0, k - n), zero]) for x, zero in (
+          (kept_ranks, np.float32(0)), (classes, np.int64(0)), (sorted_scores, np.float32(0))))
+      cand_boxes = g.op('Pad', [cand_boxes, int64(0, 0, 0, 0, k - n, 0), np.float32(0)])
+    top_ranks, top = g.op('TopK', [kept_ranks, int64(k)], 2, axis=1)  # The first K kept, in rank order.
+    valid = g.op('Greater', [top_ranks, np.float32(0)])
     out_boxes = g.op('GatherND', [cand_boxes, g.op('Unsqueeze', [top, int64(2)])], batch_dims=1)
     out_classes = g.op('Cast', [g.op('GatherElements', [classes, top], axis=1)], to=onnx.TensorProto.INT32)
+    out_scores = g.op('GatherElements', [sorted_scores, top], axis=1)
     return {
         'boxes': (g.op('Where', [g.op('Unsqueeze', [valid, int64(2)]), out_boxes, np.float32(0)]), np.float32,
                   ('batch', k, 4)),
         'classes': (g.op('Where', [valid, out_classes, np.int32(-1)]), np.int32, ('batch', k)),
-        'scores': (g.op('Where', [valid, top_scores, np.float32(0)]), np.float32, ('batch', k)),
+        'scores': (g.op('Where', [valid, out_scores, np.float32(0)]), np.float32, ('batch', k)),
         'valid': (valid, np.bool_, ('batch', k))}
 
   return head

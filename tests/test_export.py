@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import onnx
 import pytest
 
 from fcos_jax import boxes as box_ops
@@ -130,5 +131,14 @@ def test_export_command(model_and_inputs, tmp_path):
   assert contract['canvas'] == [256, 128] and contract['class_names'] == ['x', 'y', 'z']
   exported = jax.export.deserialize((tmp_path / 'out' / 'model.stablehlo').read_bytes())
   assert exported.platforms == ('cpu', 'cuda') and str(exported.in_avals[0].shape[0]) == 'b'
+  proc = subprocess.run([sys.executable, '-m', 'fcos_jax.export', '--checkpoint', str(tmp_path / 'ckpt'), '--out',
+                         str(tmp_path / 'onnx'), '--format', 'onnx', '--outputs', 'points'],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  contract = json.loads((tmp_path / 'onnx' / 'contract.json').read_text())
+  assert contract['outputs'] == 'points' and contract['output_tensors']['scores'].startswith('float32 [B, 682, 3]')
+  model = onnx.load(str(tmp_path / 'onnx' / 'model.onnx'))
+  assert [i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input] == ['batch', 'batch']
+  assert sorted(o.name for o in model.graph.output) == ['boxes', 'scores']
   with pytest.raises(ValueError, match='multiples of 128'):
     export.export(config, variables, 'stablehlo', str(tmp_path / 'bad'), (100, 128))

@@ -1,5 +1,8 @@
 """The jaxpr -> ONNX translator, rule by rule: one function that uses every primitive with a rule (the test checks it
-does), run by onnxruntime vs JAX at two batch sizes through a symbolic batch; unsupported primitives are named."""
+does), run by onnxruntime vs JAX at two batch sizes through a symbolic batch; unsupported primitives are named. The
+NonMaxSuppression head vs `postprocess.detect_one` on adversarial candidates (exact score ties, duplicate boxes)."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,8 @@ import onnxruntime
 import pytest
 from jax import lax
 
-from fcos_jax import onnx_export
+from fcos_jax import locations, onnx_export, postprocess
+from tests.test_predict import tiny_config
 
 
 def every_rule(x, y):
@@ -66,3 +70,29 @@ def test_an_unsupported_primitive_is_named():
   spec = jax.ShapeDtypeStruct((2, 5), jnp.float32)
   with pytest.raises(NotImplementedError, match="no rule for the JAX primitive 'cumsum'"):
     onnx_export.to_onnx(lambda x: {'y': jnp.cumsum(x, axis=1)}, (spec,), ['x'])
+
+
+@pytest.mark.parametrize('method,top_k,max_detections', [('fast', 50, 40), ('paddle', 30, 40), ('fast', 3, 20),
+                                                          ('paddle', 4, 30)])
+def test_detections_head_equals_our_nms_with_ties_and_duplicates(method, top_k, max_detections):
+  cfg = tiny_config().postprocess
+  cfg.update(dict(method=method, pre_nms_top_k=top_k, max_detections=max_detections, score_threshold=0.2,
+                  nms_iou=0.3))
+  points = locations.make_points((64, 64), (8, 16), (64,))  # Levels 8x8 and 4x4: P = 80.
+  num_points, num_classes = len(points.xy), 3
+  rng = np.random.default_rng(1)
+  batch = 3
+  corner = rng.integers(0, 4, (batch, num_points, 2)) * 8.0  # Few distinct boxes: many duplicates and overlaps.
+  boxes = np.concatenate([corner, corner + rng.integers(2, 4, (batch, num_points, 2)) * 8.0], -1).astype(np.float32)
+  scores = (rng.integers(0, 8, (batch, num_points, num_classes)) / 8).astype(np.float32)  # Exact ties, 0.25 steps.
+  spec = (jax.ShapeDtypeStruct((jax.export.symbolic_shape('b')[0], num_points, 4), jnp.float32),
+          jax.ShapeDtypeStruct((jax.export.symbolic_shape('b')[0], num_points, num_classes), jnp.float32))
+  head = onnx_export.detections_head(cfg, [h * w for h, w in points.shapes], num_classes)
+  model = onnx_export.to_onnx(lambda b, s: {'boxes': b, 'scores': s}, spec, ['point_boxes', 'point_scores'], head)
+  session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {'point_boxes': boxes, 'point_scores': scores})))
+  want = jax.device_get(jax.vmap(functools.partial(postprocess.detect_one, image_hw=None, points=points, cfg=cfg))(
+      scores, boxes))
+  assert want['valid'].sum() > batch * 3 and not want['valid'].all()  # Some slots filled, some empty.
+  for key, value in want.items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
