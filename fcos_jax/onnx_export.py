@@ -174,7 +174,11 @@ def _conv(g, eqn, lhs, rhs):
 def _dot_general(g, eqn, lhs, rhs):
   (lc, rc), (lb, rb) = eqn.params['dimension_numbers']
   lr, rr = len(eqn.invars[0].aval.shape), len(eqn.invars[1].aval.shape)
-  if not lb and tuple(lc) == (lr - 1,) and tuple(rc) == (0,) and rr == 2:
+  if not lb and tuple(lc) == (lr - 1,) and tuple(rc) == (0,) and rr == 2 and lr == 4 and isinstance(rhs, np.ndarray):
+    # A dense layer on NHWC features is a 1x1 convolution: onnxruntime fuses it with the convolutions around it.
+    nchw = g.op('Conv', [g.transpose(lhs, (0, 3, 1, 2)), np.ascontiguousarray(rhs.T[:, :, None, None])])
+    out = g.transpose(nchw, (0, 2, 3, 1))
+  elif not lb and tuple(lc) == (lr - 1,) and tuple(rc) == (0,) and rr == 2:
     out = g.op('MatMul', [lhs, rhs])
   else:  # The general case: batch dims, lhs free dims, rhs free dims, as dot_general orders its output.
     letters = iter('abcdefghijklmnopqrstuvwxyz')

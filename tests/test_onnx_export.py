@@ -31,6 +31,7 @@ def every_rule(x, y):
   image = jnp.concatenate([x, y], -1).reshape(-1, 4, 3, 4)
   conv = lax.conv_general_dilated(image, jnp.arange(72, dtype=jnp.float32).reshape(3, 3, 4, 2) / 72, (1, 1),
                                   ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  conv = conv + image @ (jnp.arange(8, dtype=jnp.float32).reshape(4, 2) / 8)  # A dense layer: a 1x1 Conv.
   pool = lax.reduce_window(conv, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
   return {'d': d + d.max(axis=2, keepdims=True) - d.min(axis=1, keepdims=True) + d.sum(axis=(1, 2), keepdims=True),
           'e': e[:, jnp.array([4, 0, 2])], 'pool': pool,
