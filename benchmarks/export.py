@@ -5,8 +5,9 @@
 
 Every runtime computes the same function (normalise + network + decode + NMS, R50-FPN, K = 100): the JAX
 detect function jitted, the StableHLO artifact reloaded with jax.export.deserialize, the TF SavedModel
-(tf.saved_model.load), and the ONNX model in onnxruntime (CPUExecutionProvider, default threads). With .venv-torch, torchvision's `fcos_resnet50_fpn` runs first and every fcos_jax runtime
-uses its converted weights and detection rule (as benchmarks/inference.py does); without it, fcos_jax's random init.
+(tf.saved_model.load), and the ONNX model in onnxruntime (CPUExecutionProvider, default threads). With
+.venv-torch, torchvision's `fcos_resnet50_fpn` runs first and every fcos_jax runtime uses its converted weights and
+detection rule (as benchmarks/inference.py does); without it, fcos_jax's random init.
 Prints median / p90 latency per batch and images/s; writes benchmarks/results/export.json.
 """
 

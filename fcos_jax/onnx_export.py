@@ -1,11 +1,12 @@
-"""A small jaxpr -> ONNX translator, enough for the FCOS network and its decode.
+"""A small jaxpr -> ONNX translator (enough for the FCOS network and its decode) and an ONNX NMS head.
 
 `to_onnx(fn, input_specs, names)` traces `fn` with `jax.make_jaxpr` (closed-over weights become constants) and writes
-each equation as ONNX nodes (opset 18) with the `onnx` helper API. Calls (jit, custom_jvp/vjp) are inlined; an
+each equation as ONNX nodes (opset 18) with the `onnx` helper API. Calls (jit, custom_jvp) are inlined; an
 equation whose inputs are all constants is evaluated at export time (points, masks, index grids); every other
 primitive needs a rule in `RULES`, and one without fails naming it. Layouts follow JAX (NHWC): convolutions and
-pooling transpose to ONNX's NCHW and back, which onnxruntime's transpose optimizer mostly cancels. One symbolic
-dimension is allowed, the batch of the first input; it becomes the ONNX dim_param 'batch'.
+pooling (and dense layers on images, as 1x1 convolutions) transpose to ONNX's NCHW and back; onnxruntime's
+optimizer cancels many of these transposes. One symbolic dimension is allowed, the batch of the first input; it
+becomes the ONNX dim_param 'batch'. `detections_head` appends the post-processing: NonMaxSuppression + TopK.
 
 Why our own: jax2onnx 0.17.1 pins orbax-checkpoint < 0.11.37 (we need 0.12.8), patches flax's max_pool on import,
 and writes graphs onnxruntime 1.32 rejects for this model; tf2onnx cannot read jax2tf's XlaCallModule.
@@ -239,7 +240,8 @@ RULES = {
     'and': _binary('And'), 'or': _binary('Or'), 'not': _unary('Not'),
     'lt': _binary('Less'), 'le': _binary('LessOrEqual'), 'gt': _binary('Greater'), 'ge': _binary('GreaterOrEqual'),
     'eq': _binary('Equal'), 'ne': lambda g, eqn, x, y: g.op('Not', [g.op('Equal', [x, y])]),
-    'stop_gradient': _unary('Identity'), 'neg': _unary('Neg'), 'abs': _unary('Abs'), 'sign': _unary('Sign'), 'exp': _unary('Exp'), 'log': _unary('Log'),
+    'stop_gradient': _unary('Identity'), 'neg': _unary('Neg'), 'abs': _unary('Abs'), 'sign': _unary('Sign'),
+    'exp': _unary('Exp'), 'log': _unary('Log'),
     'sqrt': _unary('Sqrt'), 'rsqrt': lambda g, eqn, x: g.op('Reciprocal', [g.op('Sqrt', [x])]),
     'logistic': _unary('Sigmoid'), 'tanh': _unary('Tanh'), 'square': lambda g, eqn, x: g.op('Mul', [x, x]),
     'integer_pow': _integer_pow, 'convert_element_type': _convert, 'select_n': _select_n,
@@ -251,7 +253,7 @@ RULES = {
     'slice': _slice, 'pad': _pad, 'conv_general_dilated': _conv, 'dot_general': _dot_general,
     'reduce_window_max': _max_pool, 'gather': _gather,
 }
-CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr', 'custom_vjp_call': 'call_jaxpr'}
+CALLS = {'jit': 'jaxpr', 'custom_jvp_call': 'call_jaxpr'}  # Inlined: their inner jaxpr and its constants.
 
 
 def _is_concrete(aval):

@@ -91,7 +91,8 @@ def test_detections_head_equals_our_nms_with_ties_and_duplicates(method, top_k, 
   head = onnx_export.detections_head(cfg, [h * w for h, w in points.shapes], num_classes)
   model = onnx_export.to_onnx(lambda b, s: {'boxes': b, 'scores': s}, spec, ['point_boxes', 'point_scores'], head)
   session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
-  got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {'point_boxes': boxes, 'point_scores': scores})))
+  outputs = session.run(None, {'point_boxes': boxes, 'point_scores': scores})
+  got = dict(zip([o.name for o in session.get_outputs()], outputs))
   want = jax.device_get(jax.vmap(functools.partial(postprocess.detect_one, image_hw=None, points=points, cfg=cfg))(
       scores, boxes))
   assert want['valid'].sum() > batch * 3 and not want['valid'].all()  # Some slots filled, some empty.
