@@ -170,7 +170,7 @@ def export(config, variables, fmt, out, canvas=None, class_names=None, category_
 
 def main(argv=None):
   """`python -m fcos_jax.export --checkpoint CKPT --out DIR --format FORMAT`; returns the exit status."""
-  parser = argparse.ArgumentParser(prog='python -m fcos_jax.export', description=__doc__,
+  parser = argparse.ArgumentParser(prog='fcos-export', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--checkpoint', required=True, help='checkpoint directory (training run or converted)')
   parser.add_argument('--out', required=True, help='output directory')

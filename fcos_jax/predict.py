@@ -277,7 +277,7 @@ def main(argv=None):
   import sys  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
-      prog='python -m fcos_jax.predict', description='Detect objects in images with an fcos_jax checkpoint; writes '
+      prog='fcos-predict', description='Detect objects in images with an fcos_jax checkpoint; writes '
       'OUT/NAME.jpg with the detections drawn, OUT/results.json (COCO results, all detections) and OUT/images.json '
       '(image_id -> file, size), plus OUT/NAME.json per image with --per-image-json.')
   parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or glob patterns')
