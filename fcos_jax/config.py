@@ -105,7 +105,6 @@ def get_config():
   t.num_processes = 0  # With coordinator_address: the number of processes.
   t.process_id = -1  # With coordinator_address: this process's index.
   t.distributed_auto = False  # Call jax.distributed.initialize() with the cluster's environment (SLURM, ...).
-  t.debug_nan_step = -1  # Test hook: make the loss NaN at this step (-1: off).
 
   # --- Optimiser (SGD momentum, coupled L2) ---------------------------------------------------------------------------
   c.optimizer = o = ml_collections.ConfigDict()

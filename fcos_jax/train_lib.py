@@ -49,8 +49,6 @@ def make_train_step(model, config, tx):
     def loss_fn(params):
       outputs = model.apply({'params': params, 'frozen': state.frozen}, images, train=True)
       parts = losses.fcos_loss(outputs, tg, config.loss)
-      if config.train.debug_nan_step >= 0:  # Test hook: poison the loss at one step.
-        parts['loss'] = jnp.where(state.step == config.train.debug_nan_step, jnp.nan, parts['loss'])
       return parts['loss'], parts
 
     (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -76,8 +77,19 @@ def test_resume_is_exact(data_root, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
-  config = tiny_config(data_root, num_steps=4, debug_nan_step=2, final_eval=False)  # Step index 2 = the 3rd step.
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+  make_train_step = train_lib.make_train_step
+
+  def poisoned(model, config, tx):  # The step that starts at index 2 (the 3rd) reports a NaN loss.
+    step = make_train_step(model, config, tx)
+
+    def poisoned_step(state, batch):
+      new_state, metrics = step(state, batch)
+      return new_state, {**metrics, 'loss': jnp.where(state.step == 2, jnp.nan, metrics['loss'])}
+    return poisoned_step
+
+  monkeypatch.setattr(train_lib, 'make_train_step', poisoned)
+  config = tiny_config(data_root, num_steps=4, final_eval=False)
   with pytest.raises(FloatingPointError, match='step 3'):
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert checkpoints.manager(str(tmp_path / 'checkpoints')).latest_step() == 2

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fcos_jax.config import get_config
-from fcos_jax import optim, train_lib
+from fcos_jax import losses, optim, train_lib
 from fcos_jax.model import fcos
 
 
@@ -75,11 +75,15 @@ def test_frozen_weights_unchanged_and_params_moved(two_steps_each):
   assert np.isfinite(float(metrics['loss'])) and float(metrics['num_pos']) > 0
 
 
-def test_nan_hook_poisons_only_its_step():
-  config = tiny_config()
-  config.train.debug_nan_step = 1
-  _, metrics, _ = run_steps(config, jax.devices(), [random_batch(0), random_batch(1)])
-  assert np.isnan(float(metrics['loss']))
+def test_a_nan_loss_reaches_the_metrics_and_stops_with_the_step(monkeypatch):
+  fcos_loss = losses.fcos_loss
+
+  def poisoned(outputs, tg, loss_config):
+    return {**fcos_loss(outputs, tg, loss_config), 'loss': fcos_loss(outputs, tg, loss_config)['loss'] * jnp.nan}
+
+  monkeypatch.setattr(losses, 'fcos_loss', poisoned)
+  _, metrics, _ = run_steps(tiny_config(), jax.devices(), [random_batch(0)])
+  assert np.isnan(float(metrics['loss'])) and np.isnan(float(metrics['grad_norm']))
   with pytest.raises(FloatingPointError, match='step 2'):
     train_lib._check_finite(2, {k: float(v) for k, v in metrics.items()})  # pylint: disable=protected-access
 
