@@ -93,6 +93,7 @@ def get_config():
   # --- Training ------------------------------------------------------------------------------------------------------
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 16  # Global batch, split over all devices.
+  t.grad_accum_steps = 1  # k: each step runs batch_size / k images at a time, k times, for the same update.
   t.num_steps = 90_000
   t.log_every = 20
   t.eval_every = 0  # 0: evaluate only at the end.
@@ -249,8 +250,9 @@ def validate(config, num_devices=None):
 
   at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
            'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'data.shuffle_buffer', 'train.batch_size',
-           'train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
-           'optimizer.base_batch_size', 'postprocess.pre_nms_top_k', 'postprocess.max_detections', 'eval.batch_size')
+           'train.grad_accum_steps', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
+           'train.keep_checkpoints', 'optimizer.base_batch_size', 'postprocess.pre_nms_top_k',
+           'postprocess.max_detections', 'eval.batch_size')
   at_least(0, 'seed', 'data.threads', 'train.eval_every', 'optimizer.warmup_steps', 'optimizer.weight_decay',
            'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images')
   at_least(-1, 'model.freeze_at')
@@ -320,9 +322,13 @@ def validate(config, num_devices=None):
          f'train.coordinator_address needs train.num_processes >= 1 and 0 <= train.process_id < num_processes '
          f'(got {t.num_processes} and {t.process_id})')
     need(not t.distributed_auto, 'set train.coordinator_address or train.distributed_auto, not both')
-  if num_devices is not None:
-    need(t.batch_size % num_devices == 0,
-         f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices')
+  k = max(t.grad_accum_steps, 1)  # Each of the k micro-batches of a step is split over all devices.
+  if num_devices is None:
+    need(t.batch_size % k == 0, f'train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps={k}')
+  else:
+    need(t.batch_size % (k * num_devices) == 0,
+         f'train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps={k} x the {num_devices} devices'
+         if k > 1 else f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices')
     need(config.eval.batch_size % num_devices == 0,
          f'eval.batch_size={config.eval.batch_size} is not divisible by the {num_devices} devices')
   if problems:

@@ -25,23 +25,35 @@ def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
   return loss
 
 
-def fcos_loss(outputs, targets, loss_config):
+def normalizers(targets, loss_config):
+  """The loss denominators of a batch of targets (leading shape [B, P]) -> {'num_pos', 'num_pos_norm', 'ctr_norm'}.
+
+  `num_pos` counts the positives; `num_pos_norm` and `ctr_norm` (the centerness-target sum) divide the losses,
+  clamped to >= 1 and >= 1e-6 with `loss.clamp_normalizers`. Computed over a whole global batch first, they let its
+  micro-batches' losses add up to the loss of the batch in one piece (gradient accumulation).
+  """
+  pos = targets.positive.astype(jnp.float32)
+  num_pos = jnp.sum(pos)
+  ctr_sum = jnp.sum(targets.centerness * pos)
+  if loss_config.clamp_normalizers:
+    return {'num_pos': num_pos, 'num_pos_norm': jnp.maximum(num_pos, 1.0), 'ctr_norm': jnp.maximum(ctr_sum, 1e-6)}
+  return {'num_pos': num_pos, 'num_pos_norm': num_pos, 'ctr_norm': ctr_sum}
+
+
+def fcos_loss(outputs, targets, loss_config, norms=None):
   """Total and parts of the FCOS loss for a batch.
 
   outputs: `cls_logits` [B, P, C], `reg` [B, P, 4], `ctr_logits` [B, P] (the centerness or IoU-quality branch);
-  targets: `targets.Targets` with leading shape [B, P]. Returns a dict of scalars: loss, cls, box, quality,
-  num_pos. quality 'centerness': GIoU loss weighted by the centerness target / its sum, BCE to the centerness
+  targets: `targets.Targets` with leading shape [B, P]; norms: `normalizers` of these targets (default) or of the
+  global batch this batch is a micro-batch of. Returns a dict of scalars: loss, cls, box, quality, num_pos (from
+  `norms`). quality 'centerness': GIoU loss weighted by the centerness target / its sum, BCE to the centerness
   target; quality 'iou': GIoU loss / num_pos, BCE to the (detached) IoU of the prediction with its target.
   """
   cfg = loss_config
   num_classes = outputs['cls_logits'].shape[-1]
   pos = targets.positive.astype(jnp.float32)
-  num_pos = jnp.sum(pos)
-  ctr_sum = jnp.sum(targets.centerness * pos)
-  if cfg.clamp_normalizers:
-    num_pos_norm, ctr_norm = jnp.maximum(num_pos, 1.0), jnp.maximum(ctr_sum, 1e-6)
-  else:
-    num_pos_norm, ctr_norm = num_pos, ctr_sum
+  norms = normalizers(targets, cfg) if norms is None else norms
+  num_pos, num_pos_norm, ctr_norm = norms['num_pos'], norms['num_pos_norm'], norms['ctr_norm']
 
   one_hot = (targets.labels[..., None] == jnp.arange(num_classes)).astype(jnp.float32)
   cls = jnp.sum(sigmoid_focal_loss(outputs['cls_logits'], one_hot, cfg.focal_alpha, cfg.focal_gamma)) / num_pos_norm

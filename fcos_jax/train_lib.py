@@ -37,24 +37,51 @@ class TrainState:
 
 
 def make_train_step(model, config, tx):
-  """The pure step: normalise on device, forward, assign targets, loss, gradients, optimizer update."""
+  """The pure step: targets and loss normalisers of the whole global batch, then forward and backward over its
+  `train.grad_accum_steps` micro-batches (a scan holding one micro-batch's activations at a time, summing their
+  gradients), then the optimizer update.
+
+  With the global normalisers, each micro-batch's loss is its share of the global batch's loss, so k micro-batches
+  give the update of the batch in one piece (up to float summation order). Micro-batch i takes rows i, k + i,
+  2k + i, ... of the batch: each device's rows stay on it, and each micro-batch is spread over all devices.
+  """
   lr_schedule = optim.schedule(config)
   m = config.model
+  k = config.train.grad_accum_steps
+
+  def micro_step(params, frozen, micro, tg, norms):
+    """Gradients and loss parts (all but num_pos) of one micro-batch ([b, H, W, 3] images, [b, P] targets)."""
+    images = fcos.normalize_images(micro['image'], micro['size'], m.pixel_mean, m.pixel_std)
+
+    def loss_fn(p):
+      outputs = model.apply({'params': p, 'frozen': frozen}, images, train=True)
+      parts = losses.fcos_loss(outputs, tg, config.loss, norms)
+      return parts['loss'], {name: v for name, v in parts.items() if name != 'num_pos'}
+
+    (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, parts
 
   def train_step(state, batch):
-    images = fcos.normalize_images(batch['image'], batch['size'], m.pixel_mean, m.pixel_std)
-    points = locations.points_from_config(images.shape[1:3], config)  # Static: a constant per canvas shape.
+    points = locations.points_from_config(batch['image'].shape[1:3], config)  # Static: a constant per canvas.
     tg = targets.assign_batch(points, batch['boxes'], batch['labels'], batch['valid'], config.assign)
+    norms = losses.normalizers(tg, config.loss)
+    images = {'image': batch['image'], 'size': batch['size']}
+    if k == 1:
+      grads, parts = micro_step(state.params, state.frozen, images, tg, norms)
+    else:
+      def split(x):  # [B, ...] -> [k, B / k, ...]: micro-batch i holds rows i, k + i, ...
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
-    def loss_fn(params):
-      outputs = model.apply({'params': params, 'frozen': state.frozen}, images, train=True)
-      parts = losses.fcos_loss(outputs, tg, config.loss)
-      return parts['loss'], parts
+      def accumulate(total, micro):
+        return jax.tree_util.tree_map(jnp.add, total, micro_step(state.params, state.frozen, *micro, norms)), None
 
-    (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      zeros = (jax.tree_util.tree_map(jnp.zeros_like, state.params),
+               {name: jnp.zeros((), jnp.float32) for name in ('loss', 'cls', 'box', 'quality')})
+      (grads, parts), _ = jax.lax.scan(accumulate, zeros, jax.tree_util.tree_map(split, (images, tg)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**parts, 'grad_norm': optax.global_norm(grads), 'lr': lr_schedule(state.step)}
+    metrics = {**parts, 'num_pos': norms['num_pos'], 'grad_norm': optax.global_norm(grads),
+               'lr': lr_schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

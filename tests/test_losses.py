@@ -114,3 +114,20 @@ def test_unclamped_normalizers_follow_paddle():
   outputs, tg = random_batch(rng, frac_pos=0.0)
   got = losses.fcos_loss(outputs, tg, config(clamp_normalizers=False))
   assert np.isinf(float(got['cls'])) or np.isnan(float(got['cls']))  # Paddle divides by zero positives.
+
+
+@pytest.mark.parametrize('quality', ['centerness', 'iou'])
+@pytest.mark.parametrize('clamp', [True, False])
+def test_micro_batches_with_global_normalizers_add_up_to_the_batch_loss(quality, clamp):
+  """Gradient accumulation's premise: with the normalisers of the whole batch, the losses of its parts add up to the
+  loss of the batch (NumPy reference), for any split."""
+  rng = np.random.default_rng(4)
+  outputs, tg = random_batch(rng, b=4)
+  cfg = config(quality=quality, clamp_normalizers=clamp)
+  norms = losses.normalizers(tg, cfg)
+  parts = [losses.fcos_loss(jax.tree_util.tree_map(lambda x, i=i: x[i:i + 1], outputs),
+                            jax.tree_util.tree_map(lambda x, i=i: x[i:i + 1], tg), cfg, norms) for i in range(4)]
+  cls, box, q = reference_loss(outputs, tg, quality)
+  for name, want in (('cls', cls), ('box', box), ('quality', q), ('loss', cls + box + q)):
+    np.testing.assert_allclose(sum(float(p[name]) for p in parts), want, rtol=1e-5, err_msg=name)
+  assert all(int(p['num_pos']) == tg.positive.sum() for p in parts)  # The batch's count, not the part's.

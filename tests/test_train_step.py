@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fcos_jax import config as config_lib
 from fcos_jax.config import get_config
 from fcos_jax import losses, optim, train_lib
 from fcos_jax.model import fcos
@@ -78,8 +79,9 @@ def test_frozen_weights_unchanged_and_params_moved(two_steps_each):
 def test_a_nan_loss_reaches_the_metrics_and_stops_with_the_step(monkeypatch):
   fcos_loss = losses.fcos_loss
 
-  def poisoned(outputs, tg, loss_config):
-    return {**fcos_loss(outputs, tg, loss_config), 'loss': fcos_loss(outputs, tg, loss_config)['loss'] * jnp.nan}
+  def poisoned(outputs, tg, loss_config, norms=None):
+    parts = fcos_loss(outputs, tg, loss_config, norms)
+    return {**parts, 'loss': parts['loss'] * jnp.nan}
 
   monkeypatch.setattr(losses, 'fcos_loss', poisoned)
   _, metrics, _ = run_steps(tiny_config(), jax.devices(), [random_batch(0)])
@@ -114,3 +116,62 @@ def test_loss_falls_on_a_batch_it_can_overfit():
     state, metrics = step(state, batch)
     losses.append(float(metrics['loss']))
   assert losses[-1] < 0.8 * losses[0], losses  # 2.78 -> 1.95 when written.
+
+
+def relative_differences(a, b):
+  """||a - b|| / ||b|| for each leaf of two parameter trees."""
+  return [float(np.linalg.norm(np.asarray(x) - np.asarray(y)) / max(np.linalg.norm(np.asarray(y)), 1e-30))
+          for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+
+
+@pytest.mark.parametrize('clamp', [True, False])
+@pytest.mark.parametrize('num_devices, batch_size', [(1, 8), (8, 32)])
+def test_grad_accumulation_equals_the_one_shot_update(clamp, num_devices, batch_size):
+  """k=4 micro-batches give the parameters of k=1 on the same global batches after 3 steps (global normalisers)."""
+  batches = [random_batch(seed, batch=batch_size, canvas=(128, 128)) for seed in range(3)]
+  params, losses_seen = {}, {}
+  for k in (1, 4):
+    config = tiny_config()
+    config.train.update(dict(batch_size=batch_size, grad_accum_steps=k))
+    config.loss.clamp_normalizers = clamp
+    config.optimizer.lr = 0.02
+    state, metrics, _ = run_steps(config, jax.devices()[:num_devices], batches)
+    params[k], losses_seen[k] = jax.device_get(state.params), {n: float(v) for n, v in metrics.items()}
+  assert max(relative_differences(params[4], params[1])) < 1e-5
+  for name in ('loss', 'cls', 'box', 'quality', 'num_pos', 'grad_norm'):
+    np.testing.assert_allclose(losses_seen[4][name], losses_seen[1][name], rtol=1e-5, err_msg=name)
+  initial = jax.tree_util.tree_leaves(fcos.init_variables(fcos.build_model(tiny_config().model), 0)['params'])
+  for a, b, before in zip(jax.tree_util.tree_leaves(params[4]), jax.tree_util.tree_leaves(params[1]), initial):
+    # Small against what the 3 steps changed, too (at most 5e-5 of it when written, single device).
+    assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b - before)
+
+
+def test_grad_accumulation_holds_one_micro_batch_of_activations():
+  """XLA's temporary buffers of the step shrink with k: the scan keeps one micro-batch's activations alive."""
+  temp = {}
+  for k in (1, 4):
+    config = tiny_config()
+    config.train.update(dict(batch_size=16, grad_accum_steps=k))
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
+    model = fcos.build_model(config.model)
+    tx = optim.make_optimizer(config)
+    state, shardings = train_lib.create_state(model, tx, config, mesh)
+    step = jax.jit(train_lib.make_train_step(model, config, tx), out_shardings=(shardings, NamedSharding(mesh, P())))
+    batch = jax.device_put(random_batch(0, batch=16, canvas=(256, 256)), NamedSharding(mesh, P('data')))
+    temp[k] = step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+  assert temp[4] < 0.4 * temp[1], temp
+
+
+def test_grad_accumulation_config_is_checked():
+  config = tiny_config()
+  config.data.root = 'data/coco'  # Not read: only the checks run.
+  config.train.update(dict(batch_size=16, grad_accum_steps=4))
+  with pytest.raises(ValueError, match=r'train.batch_size=16 is not divisible by train.grad_accum_steps=4 x the 8'):
+    config_lib.validate(config, num_devices=8)
+  config_lib.validate(config, num_devices=4)
+  config.train.grad_accum_steps = 3
+  with pytest.raises(ValueError, match=r'train.batch_size=16 is not divisible by train.grad_accum_steps=3$'):
+    config_lib.validate(config)  # Before the devices are known.
+  config.train.grad_accum_steps = 0
+  with pytest.raises(ValueError, match='train.grad_accum_steps=0 must be positive'):
+    config_lib.validate(config, num_devices=1)
