@@ -1,14 +1,20 @@
 """Checkpoints: orbax CheckpointManager directories with a `variables` item ({'params', 'frozen'}), a `metadata`
 item (the config and the class names that go with the variables) and, for training runs, a `train` item (step,
-optimizer state) plus each process's tf.data iterator state beside them.
+optimizer state) and a `data` item (each process's tf.data iterator position).
 
-Converters write `variables` and `metadata`; evaluation, prediction and backbone initialisation read `variables`
-and, where no config is given, `metadata`. Checkpoints written before `metadata` existed still load with a config.
+Every item lives inside the step directory, so `keep` bounds the disk and a step is complete or absent: orbax
+writes a step into a temporary directory and renames it when every item of every process is written, and
+`latest_step` never sees an unfinished one. Converters write `variables` and `metadata`; evaluation, prediction and
+backbone initialisation read `variables` and, where no config is given, `metadata`. Checkpoints written before
+`metadata` existed still load with a config.
 """
 
+import dataclasses
 import logging
 import os
 import pathlib
+import tempfile
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,14 +24,47 @@ from fcos_jax import config as config_lib
 
 log = logging.getLogger(__name__)
 
+TRAINING_ITEMS = ('variables', 'train', 'data', 'metadata')
 
-def manager(directory, keep=3, item_names=('variables', 'train', 'metadata')):
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+
+class DataStateHandler(ocp.CheckpointHandler):
+  """The `data` item: one file set per process, `process_{i}/state.*`, a TensorFlow checkpoint of the iterator.
+
+  The iterator is any TensorFlow trackable (a tf.data iterator or a tf.Module holding one). Its state is written
+  while `save` runs, so the position saved is the one at the save call, whatever the iterator does next.
+  """
+
+  def save(self, directory, args):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    target = pathlib.Path(directory) / f'process_{jax.process_index()}'
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as local:  # TF writes its own shards; copied as they are.
+      tf.train.Checkpoint(iterator=args.iterator).write(os.path.join(local, 'state'))
+      for name in os.listdir(local):
+        (target / name).write_bytes(pathlib.Path(local, name).read_bytes())
+
+  def restore(self, directory, args):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    prefix = pathlib.Path(directory) / f'process_{jax.process_index()}' / 'state'
+    if not tf.io.gfile.exists(f'{prefix}.index'):
+      raise FileNotFoundError(f'No data iterator state for process {jax.process_index()} in {directory} (was it saved '
+                              f'by a run with another number of processes?)')
+    tf.train.Checkpoint(iterator=args.iterator).read(str(prefix)).assert_consumed()
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class DataState(ocp.args.CheckpointArgs):
+  """Save or restore args of the `data` item: the iterator whose position is written or set."""
+  iterator: Any
+
+
+def manager(directory, keep=3, item_names=TRAINING_ITEMS):
+  # Step directories are created before the items are written: the data item is written synchronously.
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
+                                         async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=item_names)
-
-
-def _data_state_path(directory, step):
-  return os.path.join(os.path.abspath(directory), 'data_state', f'step_{step}', f'process_{jax.process_index()}')
 
 
 def make_metadata(config, class_names=None, category_ids=None):
@@ -37,32 +76,31 @@ def make_metadata(config, class_names=None, category_ids=None):
 
 
 def save(mgr, step, variables, train, data_iterator=None, metadata=None):
-  """Saves at `step` (arrays asynchronously); the data iterator state is written first, synchronously."""
+  """Saves at `step`: arrays asynchronously, the data iterator's position (if given) before this returns, and
+  `metadata` (`make_metadata`) if given."""
+  items = {'variables': ocp.args.StandardSave(variables), 'train': ocp.args.StandardSave(train)}
   if data_iterator is not None:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.train.Checkpoint(iterator=data_iterator).write(_data_state_path(mgr.directory, step))
-  items = dict(variables=ocp.args.StandardSave(variables), train=ocp.args.StandardSave(train))
+    items['data'] = DataState(data_iterator)
   if metadata is not None:
     items['metadata'] = ocp.args.JsonSave(metadata)
   mgr.save(step, args=ocp.args.Composite(**items))
 
 
 def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=None):
-  """(variables, train) of the latest or given step, placed like the abstract trees; None if there is none."""
+  """(variables, train) of the latest or given step, placed like the abstract trees; None if there is none. Sets
+  `data_iterator` to the saved position (a step without one restarts the data order, with a warning)."""
   step = mgr.latest_step() if step is None else step
   if step is None:
     return None
   as_abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(as_abstract(abstract_variables)),
-      train=ocp.args.StandardRestore(as_abstract(abstract_train))))
+  items = {'variables': ocp.args.StandardRestore(as_abstract(abstract_variables)),
+           'train': ocp.args.StandardRestore(as_abstract(abstract_train))}
   if data_iterator is not None:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    path = _data_state_path(mgr.directory, step)
-    if tf.io.gfile.exists(path + '.index'):
-      tf.train.Checkpoint(iterator=data_iterator).read(path).assert_consumed()
+    if (pathlib.Path(mgr.directory) / str(step) / 'data').is_dir():
+      items['data'] = DataState(data_iterator)
     else:
-      log.warning('No data iterator state for step %d: the data order restarts from the beginning.', step)
+      log.warning('No data iterator state in step %d: the data order restarts from the beginning.', step)
+  restored = mgr.restore(step, args=ocp.args.Composite(**items))
   return restored['variables'], restored['train']
 
 
