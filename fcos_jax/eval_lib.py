@@ -85,6 +85,12 @@ def make_eval_step(model, config):
   return eval_step
 
 
+def jit_eval_step(model, config, mesh):
+  """The jitted eval step with replicated outputs. Build it once per run and pass it to every `evaluate` call: it
+  then compiles once per canvas for the whole run (a fresh jax.jit would compile again at every evaluation)."""
+  return jax.jit(make_eval_step(model, config), out_shardings=runtime.replicated(mesh))
+
+
 def _progress(done, total, images, start):
   rate = images / max(time.perf_counter() - start, 1e-9)
   bar = '#' * int(30 * done / max(total, 1))
@@ -92,17 +98,18 @@ def _progress(done, total, images, start):
   sys.stdout.flush()
 
 
-def evaluate(config, model, variables, mesh, workdir, step=None, stop=None):
+def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None, stop=None):
   """Predicts the whole eval split, writes results.json and metrics.json to `workdir`, returns the metrics.
 
   Every process runs the same number of batches (the last is padded and masked); detections come back
   replicated, so process 0 writes the files and runs pycocotools. Unreadable images (data.skip_bad_images) get no
-  detections but count: their ground truth is missed. `stop`: polled while waiting for input (pipeline.Batches).
+  detections but count: their ground truth is missed. `eval_step`: from `jit_eval_step`, reused across calls
+  (default: a new one). `stop`: polled while waiting for input (pipeline.Batches).
   """
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   dataset, info = pipeline.make_eval_dataset(config, process_index=jax.process_index(),
                                              process_count=jax.process_count(), stop=stop)
-  eval_step = jax.jit(make_eval_step(model, config), out_shardings=runtime.replicated(mesh))
+  eval_step = eval_step or jit_eval_step(model, config, mesh)
   variables = jax.device_put(variables, runtime.replicated(mesh))
   results, image_ids, start = [], list(info.missing_image_ids), time.perf_counter()
   num_unreadable = len(info.missing_image_ids)

@@ -1,15 +1,15 @@
-"""Training: state, the jitted data-parallel train step, the loop with logging, evaluation and checkpoints.
+"""Training: state, the jitted data-parallel train step, the loop with progress, metrics, evaluation, checkpoints.
 
 One Mesh over all devices with a 'data' axis: the batch is sharded over it, the state replicated. The step is
 pure (`train_step(state, batch) -> (state, metrics)`); host round trips happen only at logging and saving.
-Checkpoints (see checkpoints.py) go to `workdir/checkpoints`, with the data iterator state, so a resumed run
-continues exactly where the saved one was.
+Checkpoints (see checkpoints.py) go to `workdir/checkpoints` with the data iterator's position inside each step, so
+a resumed run continues exactly where the saved one was. Process 0 prints and writes the metrics (TensorBoard
+through clu's SummaryWriter, metrics_step*.json, train_metrics.json); preemption.py stops every process together.
 """
 
 import json
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -21,7 +21,7 @@ import optax
 
 from fcos_jax import checkpoints
 from fcos_jax import config as config_lib
-from fcos_jax import eval_lib, locations, losses, optim, runtime, targets
+from fcos_jax import eval_lib, locations, losses, optim, preemption, runtime, targets
 from fcos_jax import workdir as workdir_lib
 from fcos_jax.model import fcos
 
@@ -107,15 +107,6 @@ def _train_items(state):
   return {'step': state.step, 'opt_state': state.opt_state}
 
 
-class _Stop:
-  """Set by SIGTERM: the loop saves a checkpoint at the next step and returns."""
-  requested = False
-
-  @classmethod
-  def handler(cls, signum, frame):  # pylint: disable=unused-argument
-    cls.requested = True
-
-
 def _check_finite(step, metrics):
   bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
@@ -125,32 +116,61 @@ def _check_finite(step, metrics):
         f'optimizer.grad_clip_norm set, by running the same command again.')
 
 
-def _format(step, num_steps, metrics, images_per_s):
+def _duration(seconds):
+  if not np.isfinite(seconds):
+    return '-'
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+def _format(step, num_steps, metrics, images_per_s, eta_s):
   return (f'step {step}/{num_steps} | loss {metrics["loss"]:.4f} (cls {metrics["cls"]:.4f} box {metrics["box"]:.4f}'
           f' quality {metrics["quality"]:.4f}) | pos {metrics["num_pos"]:.0f} | grad {metrics["grad_norm"]:.3f}'
-          f' | lr {metrics["lr"]:.2e} | {images_per_s:.1f} img/s')
+          f' | lr {metrics["lr"]:.2e} | {_rate(images_per_s)} img/s | ETA {_duration(eta_s)}')
+
+
+def _rate(images_per_s):
+  return f'{images_per_s:.1f}' if np.isfinite(images_per_s) else '-'
+
+
+def _describe(config, mesh):
+  m, t = config.model, config.train
+  dcn = f', DCN in res{list(m.dcn_stages)} / head {m.dcn_head}' if m.dcn_stages or m.dcn_head != 'none' else ''
+  k = t.grad_accum_steps
+  micro = f' as {k} micro-batches of {t.batch_size // k}' if k > 1 else ''
+  return (f'FCOS ResNet-{m.depth} (stem {m.stem_width}, FPN {m.fpn_channels}{dcn}, {m.dtype}), batch {t.batch_size}'
+          f'{micro} on {mesh.devices.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
 
 
 def train_and_evaluate(config, workdir):
-  """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, returns the final metrics."""
+  """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, returns the final metrics.
+
+  Process 0 prints the progress and writes every file (TensorBoard, metrics*.json, train_metrics.json); all
+  processes save checkpoints together. SIGTERM or SIGINT on any process saves the same step everywhere and returns.
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count())
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
     check.stop_on_problems(config)
+  main = runtime.is_main_process()
+  say = (lambda text: print(text, flush=True)) if main else (lambda text: None)  # noqa: E731
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.remember_config(config, workdir)
   mesh = runtime.create_mesh()
+  say(f'Training {_describe(config, mesh)} in {workdir}: initialising the parameters and the input pipeline.')
   model = fcos.build_model(config.model)
   tx = optim.make_optimizer(config)
   state, shardings = create_state(model, tx, config, mesh)
-  # Asked before each batch and while waiting for one (also in evaluation). One process only: processes that stop
-  # on their own would leave the others waiting in a collective.
-  stop = (lambda: _Stop.requested) if jax.process_count() == 1 else None
-  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count(), stop=stop)
+  stop = preemption.StopRequest()
+  # The input asks it before each batch and while waiting for one (also in evaluation), so that a signal is honoured
+  # even while a read blocks. One process only: a process that stops on its own would leave the others waiting in a
+  # collective; several processes agree on the stop step at log steps instead.
+  input_stop = (lambda: stop.reason is not None) if jax.process_count() == 1 else None
+  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count(), stop=input_stop)
   data_iterator = iter(dataset)
   manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
   source, split = pipeline.make_source(config), config.data.train_split
@@ -160,7 +180,7 @@ def train_and_evaluate(config, workdir):
     variables, train = restored
     state = jax.device_put(TrainState(step=train['step'], params=variables['params'], frozen=variables['frozen'],
                                       opt_state=train['opt_state']), shardings)
-    print(f'Resumed from step {int(state.step)}.', flush=True)
+    say(f'Resumed from step {int(state.step)}.')
   elif config.train.init_checkpoint:
     loaded = checkpoints.load_variables(config.train.init_checkpoint, _variables(state),
                                         config.train.init_backbone_only)
@@ -168,72 +188,90 @@ def train_and_evaluate(config, workdir):
 
   step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0,
                     out_shardings=(shardings, runtime.replicated(mesh)))
-  writer = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard')) if jax.process_index() == 0 else None
-  previous = signal.signal(signal.SIGTERM, _Stop.handler)
+  eval_step = eval_lib.jit_eval_step(model, config, mesh)  # One per run: compiled once per canvas.
+  writer = (metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')) if main
+            else metric_writers.MultiWriter([]))
   num_steps, log_every = config.train.num_steps, config.train.log_every
   step = saved = int(state.step)
-  pending, tick = [], time.perf_counter()
-  metrics = {}
+  compiled_canvases = set()
+  pending, untimed, tick, metrics = [], 0, time.perf_counter(), {}
   try:
-    while step < num_steps:
-      try:
-        batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
-      except pipeline.Interrupted:  # SIGTERM before or while waiting for data: save the last step below.
-        if data_iterator.stuck:  # Its position cannot be saved while a read hangs.
-          print(f'SIGTERM: the input is stuck, so step {step} cannot be saved with its data position; run the same '
-                f'command to resume from {f"step {saved}" if saved else "the start"}.', flush=True)
-          return metrics
-        batch = None
-      if batch is not None:
-        state, step_metrics = step_fn(state, batch)
-        step += 1
-        pending.append(step_metrics)
-      last = step == num_steps
-      if pending and (step % log_every == 0 or last or _Stop.requested or step % config.train.checkpoint_every == 0):
-        host = jax.device_get(pending)  # The only host round trip: every log_every steps.
-        metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        for m in host:
-          _check_finite(step, {k: float(v) for k, v in m.items()})
-        elapsed = time.perf_counter() - tick
-        images_per_s = len(pending) * config.train.batch_size / max(elapsed, 1e-9)
-        if jax.process_index() == 0:
-          print(_format(step, num_steps, metrics, images_per_s), flush=True)
-          with writer.as_default(step=step):
-            for k, v in {**metrics, 'images_per_s': images_per_s}.items():
-              tf.summary.scalar(f'train/{k}', v)
-        pending, tick = [], time.perf_counter()
-      if (step % config.train.checkpoint_every == 0 or last or _Stop.requested) and step != saved:
-        checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator, metadata)
-        saved = step
-      if _Stop.requested:
-        print(f'SIGTERM: saved a checkpoint at step {step}; run the same command to resume.' if step else
-              'SIGTERM before the first step: nothing to save.', flush=True)
-        return metrics
-      if config.train.eval_every and step % config.train.eval_every == 0 and not last:
+    with stop:
+      while step < num_steps:
         try:
-          eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, stop=stop)
-        except pipeline.Interrupted:  # The next batch is not taken: saved there.
-          print(f'SIGTERM: evaluation at step {step} interrupted.', flush=True)
-    manager.wait_until_finished()
-    skipped = dataset.stats.summary_line()
-    if skipped:
-      print(skipped, flush=True)
-    try:
-      results = (eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, stop=stop)
+          batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
+        except pipeline.Interrupted:  # A signal before or while waiting for data (one process): save below.
+          if data_iterator.stuck:  # Its position cannot be saved while a read hangs.
+            print(f'{stop.describe()}: the input is stuck, so step {step} cannot be saved with its data position; '
+                  f'run the same command to resume from {f"step {saved}" if saved else "the start"}.', flush=True)
+            return metrics
+          batch = None
+        if batch is not None:
+          canvas = tuple(batch['image'].shape[1:3])
+          if canvas not in compiled_canvases:  # A new shape: say so, and keep the compile time out of img/s, ETA.
+            say(f'Compiling the train step for canvas {canvas[0]}x{canvas[1]} ...')
+            start = time.perf_counter()
+            state, step_metrics = jax.block_until_ready(step_fn(state, batch))
+            say(f'Compiled (and ran step {step + 1}) in {time.perf_counter() - start:.1f} s.')
+            compiled_canvases.add(canvas)
+            untimed, tick = len(pending) + 1, time.perf_counter()
+          else:
+            state, step_metrics = step_fn(state, batch)
+          pending.append(step_metrics)
+          step += 1
+        last = step == num_steps
+        log_now = step % log_every == 0 or last
+        stopping = batch is None or stop.agreed(at_sync_point=log_now)
+        if pending and (log_now or stopping or step % config.train.checkpoint_every == 0):
+          host = jax.device_get(pending)  # The host round trip of the loop: at log, checkpoint and stop steps.
+          for m in host:
+            _check_finite(step, {k: float(v) for k, v in m.items()})
+          metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+          timed, elapsed = len(pending) - untimed, time.perf_counter() - tick
+          images_per_s = timed * config.train.batch_size / elapsed if timed else float('nan')
+          eta_s = (num_steps - step) * elapsed / timed if timed else float('nan')
+          say(_format(step, num_steps, metrics, images_per_s, eta_s))
+          writer.write_scalars(step, {**{f'train/{k}': v for k, v in metrics.items()},
+                                      **({'train/images_per_s': images_per_s} if timed else {})})
+          pending, untimed, tick = [], 0, time.perf_counter()
+        if (step % config.train.checkpoint_every == 0 or last or stopping) and step != saved:
+          checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator, metadata)
+          saved = step
+        if stopping:
+          manager.wait_until_finished()
+          print(f'{stop.describe()}: saved a checkpoint at step {step}; run the same command to resume.' if step
+                else f'{stop.describe()} before the first step: nothing to save.', flush=True)
+          writer.flush()
+          return metrics
+        if config.train.eval_every and step % config.train.eval_every == 0 and not last:
+          _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop)
+      manager.wait_until_finished()
+      skipped = dataset.stats.summary_line()
+      if skipped:
+        say(skipped)
+      results = (_evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop)
                  if config.train.final_eval else {})
-    except pipeline.Interrupted:
-      print(f'SIGTERM: final evaluation interrupted; the checkpoint of step {step} is saved.', flush=True)
-      return metrics
-    if writer is not None:
-      with writer.as_default(step=step):
-        for k, v in results.items():
-          tf.summary.scalar(f'eval/{k}', v)
-      writer.flush()
-    with open(os.path.join(workdir, 'train_metrics.json'), 'w') as f:
-      json.dump({'step': step, **metrics, **dataset.stats.summary()}, f, indent=1)
+    if main:
+      with open(os.path.join(workdir, 'train_metrics.json'), 'w') as f:
+        json.dump({'step': step, **metrics, **dataset.stats.summary()}, f, indent=1)
     return results
   finally:
     manager.wait_until_finished()
     manager.close()
-    signal.signal(signal.SIGTERM, previous)
-    _Stop.requested = False
+    writer.close()
+
+
+def _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, stop):
+  """One evaluation (periodic or final) with the run's compiled eval step; its metrics also go to TensorBoard.
+
+  A signal during it (one process) ends the evaluation with {} and leaves the stop to the loop.
+  """
+  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, eval_step, stop)
+  except pipeline.Interrupted:
+    print(f'Evaluation at step {step} interrupted.', flush=True)
+    return {}
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items() if isinstance(v, (int, float))})
+  writer.flush()
+  return results

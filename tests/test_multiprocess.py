@@ -1,9 +1,12 @@
 """Multi-process data parallelism: two `train.py` processes on this machine (2 CPU devices each), joined by
 `jax.distributed.initialize` on loopback and each reading its own shard of the data, end with the parameters of one
-process that trains on the same global batches (the two shards side by side)."""
+process that trains on the same global batches (the two shards side by side); SIGTERM on one of them stops both at
+the same step (slow)."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -95,3 +98,55 @@ def test_two_evaluate_processes_join_and_read_the_checkpoints_config(tmp_path):
   assert 'COCO box AP' in outputs[0] and 'COCO box AP' not in outputs[1]
   with open(tmp_path / 'eval' / 'metrics.json') as f:
     assert json.load(f)['num_images'] == 6  # Both shards (3 + 3 images, padded to the eval batch) were scored.
+
+
+def launch_pair(workdir, root, *extra):
+  """Two train.py processes (2 CPU devices each) joined on a free loopback port."""
+  port = free_port()
+  env = {**cpu_env(), 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
+  return [subprocess.Popen(train_command(workdir, root, *extra, f'--config.train.coordinator_address=127.0.0.1:{port}',
+                                         '--config.train.num_processes=2', f'--config.train.process_id={i}'),
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for i in range(2)]
+
+
+def finish(procs):
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_both_at_the_same_step_and_the_rerun_equals_an_uninterrupted_run(tmp_path):
+  root = tmp_path / 'data'
+  synthetic.generate(str(root), num_train=16, num_val=4, seed=0)
+  steps = ['--config.train.num_steps=12', '--config.train.log_every=2', '--config.train.checkpoint_every=100000',
+           '--config.train.final_eval=false']
+  procs = launch_pair(tmp_path / 'stopped', root, *steps)
+  lines = []
+  for line in procs[0].stdout:  # Process 0 prints the progress; the signal goes to process 1.
+    lines.append(line)
+    if line.startswith('step 2/'):
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  outputs = finish(procs)
+  outputs[0] = ''.join(lines) + outputs[0]
+  saved = [re.search(r'(SIGTERM|A stop requested by another process): saved a checkpoint at step (\d+)', out)
+           for out in outputs]
+  assert all(saved), [out[-2000:] for out in outputs]
+  assert saved[0].group(1) == 'A stop requested by another process' and saved[1].group(1) == 'SIGTERM'
+  stopped_at = int(saved[0].group(2))
+  assert stopped_at == int(saved[1].group(2)) and 2 < stopped_at < 12 and stopped_at % 2 == 0  # At a log step.
+  ckpt_dir = tmp_path / 'stopped' / 'checkpoints'
+  assert checkpoints.manager(str(ckpt_dir)).latest_step() == stopped_at
+
+  finish(launch_pair(tmp_path / 'stopped', root, *steps))  # The same command resumes and finishes.
+  finish(launch_pair(tmp_path / 'straight', root, *steps))
+  config = tiny_shapes_config(root)
+  abstract = jax.eval_shape(lambda: fcos.init_variables(fcos.build_model(config.model), 0))
+  a = checkpoints.load_variables(str(ckpt_dir), abstract)
+  b = checkpoints.load_variables(str(tmp_path / 'straight' / 'checkpoints'), abstract)
+  assert checkpoints.manager(str(ckpt_dir)).latest_step() == 12
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,5 +1,5 @@
-"""Real `train.py` processes: SIGTERM saves and exits cleanly; after SIGKILL at an arbitrary moment, rerunning the
-same command ends with the parameters of an uninterrupted run, to the bit (slow: run with `make test-slow`)."""
+"""Real `train.py` processes: SIGTERM or SIGINT saves and exits cleanly; after SIGKILL at an arbitrary moment,
+rerunning the same command ends with the parameters of an uninterrupted run, to the bit (slow: `make test-slow`)."""
 
 import os
 import re
@@ -64,7 +64,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_signal_saves_and_exits(tmp_path, signum):
   root = tmp_path / 'data'
   synthetic.generate(str(root), num_train=16, num_val=4, seed=0)
   proc = subprocess.Popen(train_command(tmp_path / 'w', root), cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
@@ -73,11 +74,11 @@ def test_sigterm_saves_and_exits(tmp_path):
   for line in proc.stdout:
     lines.append(line)
     if line.startswith('step 2/'):
-      proc.send_signal(signal.SIGTERM)
+      proc.send_signal(signum)
       break
   rest, _ = proc.communicate(timeout=300)
   output = ''.join(lines) + rest
   assert proc.returncode == 0, output[-3000:]
-  saved = re.search(r'SIGTERM: saved a checkpoint at step (\d+)', output)
+  saved = re.search(rf'{signum.name}: saved a checkpoint at step (\d+)', output)
   assert saved, output[-3000:]
   assert checkpoints.manager(str(tmp_path / 'w' / 'checkpoints')).latest_step() == int(saved.group(1))

@@ -1,6 +1,7 @@
 """End to end on the generated dataset under 8 CPU devices: train_and_evaluate, exact resume, the CLI."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -129,3 +130,39 @@ def test_checkpoint_of_another_architecture_is_refused(data_root, tmp_path):
   deeper.model.depth = 34
   with pytest.raises(ValueError, match=r'missing .*backbone/res3c'):
     final_params(str(tmp_path), deeper)
+
+
+def scalars(logdir):
+  """{tag: {step: value}} of every scalar in the TensorBoard event files under `logdir`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  found = {}
+  for name in os.listdir(logdir):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+      for value in event.summary.value:
+        found.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+  return found
+
+
+def test_periodic_evaluations_compile_once_and_reach_tensorboard(data_root, tmp_path, monkeypatch, capsys):
+  traces = []
+  make_eval_step = eval_lib.make_eval_step
+
+  def counted(model, config):
+    step = make_eval_step(model, config)
+
+    def traced_eval_step(variables, batch):
+      traces.append(batch['image'].shape)  # Runs only while jax.jit traces: once per compilation.
+      return step(variables, batch)
+    return traced_eval_step
+
+  monkeypatch.setattr(eval_lib, 'make_eval_step', counted)
+  train_lib.train_and_evaluate(tiny_config(data_root, num_steps=3, eval_every=1), str(tmp_path))
+  assert len(traces) == 1, traces  # Evaluations at steps 1, 2 and 3; one canvas, one compilation.
+  for step in (1, 2, 3):
+    assert (tmp_path / f'metrics_step{step}.json').exists()
+  found = scalars(str(tmp_path / 'tensorboard'))
+  assert set(found['eval/AP']) == {1, 2, 3} and set(found['train/loss']) == {1, 2, 3}
+  assert set(found['train/lr']) == {1, 2, 3} and (tmp_path / 'train_metrics.json').exists()
+  out = capsys.readouterr().out
+  assert 'Compiling the train step for canvas 256x256' in out and re.search(r'Compiled .* in [\d.]+ s', out)
+  assert re.search(r'step 3/3 \| .* img/s \| ETA 0m00s', out), out
