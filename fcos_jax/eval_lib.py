@@ -98,17 +98,19 @@ def _progress(done, total, images, start):
   sys.stdout.flush()
 
 
-def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None, stop=None):
+def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None, stop=None, class_names=None):
   """Predicts the whole eval split, writes results.json and metrics.json to `workdir`, returns the metrics.
 
   Every process runs the same number of batches (the last is padded and masked); detections come back
   replicated, so process 0 writes the files and runs pycocotools. Unreadable images (data.skip_bad_images) get no
   detections but count: their ground truth is missed. `eval_step`: from `jit_eval_step`, reused across calls
-  (default: a new one). `stop`: polled while waiting for input (pipeline.Batches).
+  (default: a new one). `stop`: polled while waiting for input (pipeline.Batches). `class_names`: the model's, to
+  map its labels to the split's categories by name (classes the split lacks are not scored; a category the model
+  does not know is a ConfigError before any prediction); None maps them by position.
   """
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   dataset, info = pipeline.make_eval_dataset(config, process_index=jax.process_index(),
-                                             process_count=jax.process_count(), stop=stop)
+                                             process_count=jax.process_count(), stop=stop, class_names=class_names)
   eval_step = eval_step or jit_eval_step(model, config, mesh)
   variables = jax.device_put(variables, runtime.replicated(mesh))
   results, image_ids, start = [], list(info.missing_image_ids), time.perf_counter()
@@ -142,14 +144,16 @@ def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None,
 def evaluate_checkpoint(config, workdir, checkpoint=None):
   """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`.
 
-  `config` None takes the config recorded in the checkpoint (its data fields name the evaluation split).
+  `config` None takes the config recorded in the checkpoint (its data fields name the evaluation split). The class
+  names the checkpoint records map its labels to the split's categories by name (by position if it has none).
   """
   path = checkpoint or os.path.join(workdir, 'checkpoints')
   config = checkpoints.config_from_checkpoint(path, config)
+  class_names = (checkpoints.read_metadata(path) or {}).get('class_names')
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   model = fcos.build_model(config.model)
   abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))
   variables = checkpoints.load_variables(path, abstract)
-  return evaluate(config, model, variables, runtime.create_mesh(), workdir)
+  return evaluate(config, model, variables, runtime.create_mesh(), workdir, class_names=class_names)

@@ -174,7 +174,8 @@ def train_and_evaluate(config, workdir):
   data_iterator = iter(dataset)
   manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
   source, split = pipeline.make_source(config), config.data.train_split
-  metadata = checkpoints.make_metadata(config, source.class_names(split), source.category_ids(split))
+  class_names = source.class_names(split)  # Recorded in the checkpoints; evaluation maps them by name.
+  metadata = checkpoints.make_metadata(config, class_names, source.category_ids(split))
   restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator)
   if restored is not None:
     variables, train = restored
@@ -244,12 +245,12 @@ def train_and_evaluate(config, workdir):
           writer.flush()
           return metrics
         if config.train.eval_every and step % config.train.eval_every == 0 and not last:
-          _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop)
+          _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop, class_names)
       manager.wait_until_finished()
       skipped = dataset.stats.summary_line()
       if skipped:
         say(skipped)
-      results = (_evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop)
+      results = (_evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop, class_names)
                  if config.train.final_eval else {})
     if main:
       with open(os.path.join(workdir, 'train_metrics.json'), 'w') as f:
@@ -261,14 +262,16 @@ def train_and_evaluate(config, workdir):
     writer.close()
 
 
-def _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, stop):
-  """One evaluation (periodic or final) with the run's compiled eval step; its metrics also go to TensorBoard.
+def _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, stop, class_names):
+  """One evaluation (periodic or final) with the run's compiled eval step, labels mapped by `class_names` (the
+  training split's); its metrics also go to TensorBoard.
 
   A signal during it (one process) ends the evaluation with {} and leaves the stop to the loop.
   """
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   try:
-    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, eval_step, stop)
+    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, eval_step, stop,
+                                class_names)
   except pipeline.Interrupted:
     print(f'Evaluation at step {step} interrupted.', flush=True)
     return {}

@@ -281,6 +281,58 @@ def test_rejects_a_class_count_mismatch(root):
     pipeline.make_train_dataset(config)
 
 
+NAMES = [name for _, name, _ in synthetic.CATEGORIES]  # A model trained on the generated dataset, in label order.
+
+
+def relabelled_json(source, path, categories):
+  """The COCO json `source` with only `categories` [(id, new id, name)], in that order (the boxes of the others left
+  out), written to `path`."""
+  with open(source) as f:
+    dataset = json.load(f)
+  new_ids = {c: new for c, new, _ in categories}
+  dataset['categories'] = [{'id': new, 'name': name} for _, new, name in categories]
+  dataset['annotations'] = [dict(a, category_id=new_ids[a['category_id']]) for a in dataset['annotations']
+                            if a['category_id'] in new_ids]
+  path.write_text(json.dumps(dataset))
+  return path
+
+
+def relabelled(root, tmp_path, categories):
+  """A config evaluating the val images of `root` with their json's `categories` as in `relabelled_json`."""
+  path = relabelled_json(os.path.join(root, 'annotations', 'instances_val.json'), tmp_path / 'val.json', categories)
+  return make_config(root, val_annotations=str(path))
+
+
+def test_eval_maps_the_models_labels_by_category_name(root, tmp_path):
+  new_ids = {1: 40, 3: 30, 7: 20, 8: 10, 12: 5}  # rectangle .. diamond: ids in the reverse order of the labels.
+  config = relabelled(root, tmp_path, [(c, new_ids[c], name) for c, name, _ in synthetic.CATEGORIES[::-1]])
+  _, info = pipeline.make_eval_dataset(config, class_names=NAMES)
+  assert info.label_to_category == (40, 30, 20, 10, 5)
+  _, info = pipeline.make_eval_dataset(config)  # Names unknown: by position in the sorted ids, as before.
+  assert info.label_to_category == (5, 10, 20, 30, 40)
+
+
+def test_eval_on_fewer_categories_leaves_the_other_classes_unscored(root, tmp_path):
+  config = relabelled(root, tmp_path, [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross'])
+  _, info = pipeline.make_eval_dataset(config, class_names=NAMES)
+  assert info.label_to_category == (1, 3, 7, -1, 12)
+  with pytest.raises(config_lib.ConfigError, match='The val split has 4 categories but model.num_classes is 5'):
+    pipeline.make_eval_dataset(config)  # Names unknown: positions need every category.
+
+
+def test_eval_stops_on_categories_the_model_does_not_know(root, tmp_path):
+  config = relabelled(root, tmp_path, [(c, c, 'hexagon' if name == 'diamond' else name)
+                                       for c, name, _ in synthetic.CATEGORIES])
+  with pytest.raises(config_lib.ConfigError) as error:
+    pipeline.make_eval_dataset(config, class_names=NAMES)
+  assert str(error.value).splitlines() == [
+      "Split 'val': The dataset's categories do not match the model's classes by name:",
+      "  dataset categories the model does not know (1): 12 'hexagon'; the model knows: rectangle, ellipse, "
+      'triangle, cross, diamond']
+  with pytest.raises(config_lib.ConfigError, match='The model has 4 class names but model.num_classes is 5'):
+    pipeline.make_eval_dataset(make_config(root), class_names=NAMES[:4])
+
+
 def test_an_image_too_big_for_its_canvas_is_named(root):
   batches, _ = pipeline.make_eval_dataset(make_config(root, canvases=((256, 384), (384, 256))))
   with pytest.raises(ValueError, match=r'Image \S+/val/\d+\.jpg resized to \d+x\d+ does not fit its canvas 256x384'):

@@ -1,11 +1,18 @@
-"""COCO results and metrics: detections made from the ground truth itself score AP 1, worse ones less, none 0."""
+"""COCO results and metrics: detections made from the ground truth itself score AP 1, worse ones less, none 0; a
+dataset with its categories in another order or fewer of them scores the model's labels by name."""
 
 import json
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import eval_lib
+from fcos_jax import checkpoints, cli, eval_lib
+from fcos_jax.data import coco, synthetic
+from fcos_jax.model import fcos
+from tests.test_data_pipeline import NAMES as SHAPES, relabelled_json
+from tests.test_predict import tiny_config
 
 CATEGORIES = (1, 5, 90)  # Non-contiguous COCO ids; label = position in this sorted tuple.
 # image id -> (width, height, [(category, [x, y, w, h]), ...]); sizes avoid the 32^2 and 96^2 area bounds.
@@ -100,3 +107,122 @@ def test_classes_the_dataset_lacks_are_not_scored():
   results = eval_lib.detections_to_coco(det, batch, mapping)
   expected = [(i, c) for i, (_, _, boxes) in IMAGES.items() for c, _ in boxes if c != 5]
   assert [(r['image_id'], r['category_id']) for r in results] == expected
+
+
+# --- Datasets with other or fewer categories: labels mapped by name. ---------------------------------------------
+
+NAMES = tuple(f'c{c}' for c in CATEGORIES)  # The model's class names, in label order.
+
+
+def jittered_batch():
+  """`perfect_batch` with boxes moved a little: AP between 0 and 1."""
+  det, batch = perfect_batch()
+  rng = np.random.default_rng(0)
+  return dict(det, boxes=det['boxes'] * rng.uniform(0.85, 1.15, det['boxes'].shape).astype(np.float32)), batch
+
+
+def relabelled(gt_path, tmp_path, new_ids):
+  """The ground truth of `gt_path` with category ids replaced by new_ids[id] (absent: the category and its boxes left
+  out), listed in reverse -> (json path, categories)."""
+  path = relabelled_json(gt_path, tmp_path / 'relabelled.json',
+                         [(c, new_ids[c], f'c{c}') for c in CATEGORIES[::-1] if c in new_ids])
+  return path, json.loads(path.read_text())['categories']
+
+
+def test_categories_in_another_order_score_the_same_by_name(gt_path, tmp_path):
+  det, batch = jittered_batch()
+  new_ids = {1: 90, 5: 1, 90: 5}
+  path, categories = relabelled(gt_path, tmp_path, new_ids)
+  original = eval_lib.detections_to_coco(det, batch, CATEGORIES)
+  expected = eval_lib.coco_evaluate(gt_path, original)
+  assert 0 < expected['AP'] < 0.9
+  by_name = eval_lib.detections_to_coco(det, batch, coco.label_to_category(NAMES, categories))
+  assert by_name == [dict(r, category_id=new_ids[r['category_id']]) for r in original]  # Mapped by hand.
+  assert eval_lib.coco_evaluate(path, by_name) == pytest.approx(expected, abs=1e-12)
+  by_position = eval_lib.detections_to_coco(det, batch, sorted(new_ids.values()))  # What names unknown would do.
+  assert eval_lib.coco_evaluate(path, by_position)['AP'] < expected['AP'] / 2
+
+
+def test_fewer_categories_score_the_others_as_on_the_full_dataset(gt_path, tmp_path):
+  det, batch = jittered_batch()
+  path, categories = relabelled(gt_path, tmp_path, {1: 1, 90: 90})
+  mapping = coco.label_to_category(NAMES, categories)
+  assert mapping == (1, -1, 90)
+  results = eval_lib.detections_to_coco(det, batch, mapping)
+  everything = eval_lib.detections_to_coco(det, batch, CATEGORIES)
+  assert results == [r for r in everything if r['category_id'] != 5]
+  # Reference: pycocotools on the full dataset and every detection, restricted to categories 1 and 90.
+  full = COCO(str(gt_path))
+  evaluator = COCOeval(full, full.loadRes([dict(r) for r in everything]), 'bbox')
+  evaluator.params.catIds = [1, 90]
+  evaluator.evaluate()
+  evaluator.accumulate()
+  evaluator.summarize()
+  expected = dict(zip(eval_lib.METRIC_NAMES, evaluator.stats.tolist()))
+  assert eval_lib.coco_evaluate(path, results) == pytest.approx(expected, abs=1e-12)
+  assert eval_lib.coco_evaluate(gt_path, everything)['AP'] != pytest.approx(expected['AP'])
+
+
+@pytest.fixture(scope='module')
+def shapes_checkpoint(tmp_path_factory):
+  """A tiny random model of the generated dataset's 5 classes, saved with and without its class names, and the
+  dataset (2 val images)."""
+  root = synthetic.generate(str(tmp_path_factory.mktemp('shapes')), num_train=2, num_val=2, seed=0)
+  config = tiny_config()
+  config.model.num_classes = 5
+  config.data.update(dict(root=root, generate_synthetic=False))
+  variables = fcos.init_variables(fcos.build_model(config.model), 0)
+  paths = {}
+  for key, metadata in (('names', checkpoints.make_metadata(config, SHAPES, [c for c, _, _ in synthetic.CATEGORIES])),
+                        ('none', checkpoints.make_metadata(config))):
+    paths[key] = tmp_path_factory.mktemp('ckpt') / key
+    checkpoints.save_variables(str(paths[key]), variables, metadata)
+  return root, paths
+
+
+def test_evaluate_scores_the_models_labels_by_category_name(shapes_checkpoint, tmp_path):
+  """fcos-evaluate on a json with other ids, listed in reverse and without 'triangle': the results are those on the
+  original json, their ids mapped by name and the triangle detections dropped."""
+  root, paths = shapes_checkpoint
+  new_ids = {1: 40, 3: 30, 8: 20, 12: 5}  # rectangle, ellipse, cross, diamond.
+  other = relabelled_json(f'{root}/annotations/instances_val.json', tmp_path / 'val.json',
+                          [(c, new_ids[c], name) for c, name, _ in synthetic.CATEGORIES[::-1] if c in new_ids])
+  for name, extra in (('same', []), ('other', [f'--config.data.val_annotations={other}'])):
+    cli.evaluate_main([f'--workdir={tmp_path / name}', f'--checkpoint={paths["names"]}', *extra])
+  same, other = (json.loads((tmp_path / name / 'results.json').read_text()) for name in ('same', 'other'))
+  assert {1, 3, 7, 12} <= {r['category_id'] for r in same}  # Classes the random model detects (not cross).
+  assert other == [dict(r, category_id=new_ids[r['category_id']]) for r in same if r['category_id'] != 7]
+
+
+def evaluate_command(monkeypatch, capsys, tmp_path, root, checkpoint, categories):
+  """Runs fcos-evaluate's entry point on `checkpoint` and the val json of `root` with `categories` [(id, new id,
+  name)]; prediction must not start. Returns (exit status, stderr lines)."""
+  path = relabelled_json(f'{root}/annotations/instances_val.json', tmp_path / 'val.json', categories)
+
+  def no_prediction(*args):
+    raise AssertionError(f'prediction started: {args}')
+
+  monkeypatch.setattr(eval_lib, 'make_eval_step', no_prediction)
+  with pytest.raises(SystemExit) as exit_:
+    cli.evaluate_main([f'--workdir={tmp_path / "w"}', f'--checkpoint={checkpoint}',
+                       f'--config.data.val_annotations={path}'])
+  return exit_.value.code, capsys.readouterr().err.splitlines()
+
+
+def test_evaluate_stops_before_predicting_on_categories_the_model_does_not_know(shapes_checkpoint, tmp_path,
+                                                                                monkeypatch, capsys):
+  root, paths = shapes_checkpoint
+  categories = [(c, c, 'hexagon' if name == 'diamond' else name) for c, name, _ in synthetic.CATEGORIES]
+  status, err = evaluate_command(monkeypatch, capsys, tmp_path, root, paths['names'], categories + [(99, 50, 'star')])
+  assert status == 2 and err[-2:] == [
+      "fcos-evaluate: error: Split 'val': The dataset's categories do not match the model's classes by name:",
+      "  dataset categories the model does not know (2): 12 'hexagon', 50 'star'; the model knows: rectangle, "
+      'ellipse, triangle, cross, diamond'], err
+
+
+def test_evaluate_maps_by_position_when_the_checkpoint_has_no_class_names(shapes_checkpoint, tmp_path, monkeypatch,
+                                                                          capsys):
+  root, paths = shapes_checkpoint
+  fewer = [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross']  # By name this would evaluate.
+  status, err = evaluate_command(monkeypatch, capsys, tmp_path, root, paths['none'], fewer)
+  assert status == 2 and err[-1] == 'fcos-evaluate: error: The val split has 4 categories but model.num_classes is 5.'

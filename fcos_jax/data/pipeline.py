@@ -22,6 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from fcos_jax import config as config_lib
 from fcos_jax.data import coco
 from fcos_jax.data import synthetic
 from fcos_jax.data import transforms
@@ -194,7 +195,7 @@ class EvalInfo:
   """What evaluation needs beside the batches."""
   num_batches: int  # Batches per process (the same on every process).
   num_images: int  # Images evaluated over all processes.
-  label_to_category: tuple  # COCO category id of each contiguous label.
+  label_to_category: tuple  # COCO category id of each model label, -1 for a class the split lacks.
   coco_gt: object  # pycocotools COCO ground truth of the split (all its images; restrict to the evaluated ids).
   missing_image_ids: tuple = ()  # Images whose files are missing (data.skip_bad_images): evaluated as missed.
 
@@ -228,7 +229,25 @@ def _options(dataset, config):
 def _check_classes(source, split, config):
   n = len(source.category_ids(split))
   if n != config.model.num_classes:
-    raise ValueError(f'The {split} split has {n} categories but model.num_classes is {config.model.num_classes}.')
+    raise config_lib.ConfigError(f'The {split} split has {n} categories but model.num_classes is '
+                                 f'{config.model.num_classes}.')
+
+
+def _label_to_category(source, split, config, class_names):
+  """The category id of `split` for each model label: matched by name when the model's `class_names` are known
+  (the split may order its categories otherwise or lack some: -1, not scored), else by position in the sorted ids
+  (the split must then have model.num_classes categories). Mismatches are a ConfigError listing them all."""
+  if class_names is None:
+    _check_classes(source, split, config)
+    return tuple(source.category_ids(split))
+  if len(class_names) != config.model.num_classes:
+    raise config_lib.ConfigError(f'The model has {len(class_names)} class names but model.num_classes is '
+                                 f'{config.model.num_classes}.')
+  categories = [{'id': i, 'name': n} for i, n in zip(source.category_ids(split), source.class_names(split))]
+  try:
+    return coco.label_to_category(class_names, categories)
+  except ValueError as e:
+    raise config_lib.ConfigError(f'Split {split!r}: {e}') from e
 
 
 def _bucket_weights(source, config, split, process_count):
@@ -373,20 +392,21 @@ def _padding_element(max_boxes):
           'problem': tf.constant('')}
 
 
-def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop=None):
+def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop=None, class_names=None):
   """Every image of `split` (default data.val_split) once, in batches of `eval.batch_size // process_count`.
 
   Buckets come one after the other; each process gets every `process_count`-th image of a bucket and the same number
   of batches, the last of a bucket padded with `mask` False. `eval.max_images` > 0 keeps only the first images.
   With data.skip_bad_images an unreadable image stays in its batch with `mask` False and `unreadable` True (a zero
-  image; its ground truth still counts, as missed) and is reported once. `stop`: see `Batches`.
+  image; its ground truth still counts, as missed) and is reported once. `stop`: see `Batches`. `class_names`:
+  the model's, in label order, to map its labels to the split's categories by name (see `_label_to_category`).
   Returns (Batches, EvalInfo).
   """
   d = config.data
   split = split or d.val_split
   batch = _local_batch(config.eval.batch_size, process_count, 'eval.batch_size')
   source = make_source(config)
-  _check_classes(source, split, config)
+  label_to_category = _label_to_category(source, split, config, class_names)
   stats = InputStats()
   index = source.index(split)
   n = len(index) if config.eval.max_images <= 0 else min(len(index), config.eval.max_images)
@@ -415,7 +435,7 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
     dataset = dataset.concatenate(part)
   missing = source.missing(split) if config.eval.max_images <= 0 else ()
   stats.skip((f'{file} (image_id {image_id}): missing' for file, image_id in missing), warn=False)
-  info = EvalInfo(num_batches, n + len(missing), source.category_ids(split), source.coco_gt(split),
+  info = EvalInfo(num_batches, n + len(missing), label_to_category, source.coco_gt(split),
                   tuple(image_id for _, image_id in missing))
   return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, num_batches, stop), info
 
