@@ -89,6 +89,10 @@ def get_config():
   d.skip_bad_images = False  # Count and skip unreadable images instead of failing.
   d.check_first = False  # Before training: check annotations and image headers (fcos_jax.data.check); stop on problems.
   d.threads = 0  # tf.data private thread pool size; 0: TensorFlow's default (one thread per core).
+  # Where images are resized, flipped and padded: 'host' (tf.data) or 'device' (inside the jitted steps; the host
+  # only decodes, and sends each image padded to its bucket's largest original size: for images about the canvas
+  # size or smaller, such as COCO's; the same pixels within one level).
+  d.resize_on = 'host'
 
   # --- Training ------------------------------------------------------------------------------------------------------
   c.train = t = ml_collections.ConfigDict()
@@ -140,6 +144,7 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 LOSS_QUALITIES = ('centerness', 'iou')
 POSTPROCESS_METHODS = ('fast', 'paddle')
 DATA_SOURCES = ('folder', 'tfds')
+RESIZE_SIDES = ('host', 'device')
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
 
 
@@ -247,6 +252,7 @@ def validate(config, num_devices=None):
   one_of('loss.quality', LOSS_QUALITIES)
   one_of('postprocess.method', POSTPROCESS_METHODS)
   one_of('data.source', DATA_SOURCES)
+  one_of('data.resize_on', RESIZE_SIDES)
 
   at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
            'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'data.shuffle_buffer', 'train.batch_size',

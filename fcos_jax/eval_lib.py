@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import checkpoints, predict, runtime
+from fcos_jax import checkpoints, predict, resize, runtime
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
@@ -74,12 +74,13 @@ def coco_evaluate(coco_gt, results, image_ids=None):
 
 
 def make_eval_step(model, config):
-  """(variables, batch) -> detections of the predictor's `make_detect_fn` plus the batch's image_id, scale, mask and
-  unreadable."""
+  """(variables, batch, canvas) -> detections of the predictor's `make_detect_fn` plus the batch's image_id, scale,
+  mask and unreadable. `canvas` (H, W) is static, default the batch's image shape (see fcos_jax.resize)."""
   detect = predict.make_detect_fn(model, config)
 
-  def eval_step(variables, batch):
-    detections = detect(variables, batch['image'], batch['size'])
+  def eval_step(variables, batch, canvas=None):
+    images = resize.canvas_images(batch, canvas or batch['image'].shape[1:3], config.data.resize_on)
+    detections = detect(variables, images, batch['size'])
     return {**detections, **{k: batch[k] for k in ('image_id', 'scale', 'mask', 'unreadable')}}
 
   return eval_step
@@ -88,7 +89,7 @@ def make_eval_step(model, config):
 def jit_eval_step(model, config, mesh):
   """The jitted eval step with replicated outputs. Build it once per run and pass it to every `evaluate` call: it
   then compiles once per canvas for the whole run (a fresh jax.jit would compile again at every evaluation)."""
-  return jax.jit(make_eval_step(model, config), out_shardings=runtime.replicated(mesh))
+  return jax.jit(make_eval_step(model, config), static_argnames='canvas', out_shardings=runtime.replicated(mesh))
 
 
 def _progress(done, total, images, start):
@@ -116,7 +117,8 @@ def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None,
   results, image_ids, start = [], list(info.missing_image_ids), time.perf_counter()
   num_unreadable = len(info.missing_image_ids)
   for i, batch in enumerate(dataset):
-    out = jax.device_get(eval_step(variables, runtime.to_global(batch, mesh)))
+    batch, canvas = resize.split_canvas(batch)
+    out = jax.device_get(eval_step(variables, runtime.to_global(batch, mesh), canvas=canvas))
     results += detections_to_coco(out, out, info.label_to_category)
     unreadable = np.asarray(out['unreadable'], bool)
     image_ids += np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist()

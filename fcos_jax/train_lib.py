@@ -21,7 +21,7 @@ import optax
 
 from fcos_jax import checkpoints
 from fcos_jax import config as config_lib
-from fcos_jax import eval_lib, locations, losses, optim, preemption, runtime, targets
+from fcos_jax import eval_lib, locations, losses, optim, preemption, resize, runtime, targets
 from fcos_jax import workdir as workdir_lib
 from fcos_jax.model import fcos
 
@@ -61,11 +61,12 @@ def make_train_step(model, config, tx):
     (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, parts
 
-  def train_step(state, batch):
-    points = locations.points_from_config(batch['image'].shape[1:3], config)  # Static: a constant per canvas.
+  def train_step(state, batch, canvas=None):
+    canvas = canvas or batch['image'].shape[1:3]  # Static; given on the device path (data.resize_on).
+    points = locations.points_from_config(canvas, config)  # Static: a constant per canvas.
     tg = targets.assign_batch(points, batch['boxes'], batch['labels'], batch['valid'], config.assign)
     norms = losses.normalizers(tg, config.loss)
-    images = {'image': batch['image'], 'size': batch['size']}
+    images = {'image': resize.canvas_images(batch, canvas, config.data.resize_on), 'size': batch['size']}
     if k == 1:
       grads, parts = micro_step(state.params, state.frozen, images, tg, norms)
     else:
@@ -187,7 +188,7 @@ def train_and_evaluate(config, workdir):
                                         config.train.init_backbone_only)
     state = jax.device_put(state.replace(params=loaded['params'], frozen=loaded['frozen']), shardings)
 
-  step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0,
+  step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0, static_argnames='canvas',
                     out_shardings=(shardings, runtime.replicated(mesh)))
   eval_step = eval_lib.jit_eval_step(model, config, mesh)  # One per run: compiled once per canvas.
   writer = (metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')) if main
@@ -200,7 +201,8 @@ def train_and_evaluate(config, workdir):
     with stop:
       while step < num_steps:
         try:
-          batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, next(data_iterator)), mesh)
+          batch, canvas = resize.split_canvas(next(data_iterator))
+          batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, batch), mesh)
         except pipeline.Interrupted:  # A signal before or while waiting for data (one process): save below.
           if data_iterator.stuck:  # Its position cannot be saved while a read hangs.
             print(f'{stop.describe()}: the input is stuck, so step {step} cannot be saved with its data position; '
@@ -208,16 +210,15 @@ def train_and_evaluate(config, workdir):
             return metrics
           batch = None
         if batch is not None:
-          canvas = tuple(batch['image'].shape[1:3])
           if canvas not in compiled_canvases:  # A new shape: say so, and keep the compile time out of img/s, ETA.
             say(f'Compiling the train step for canvas {canvas[0]}x{canvas[1]} ...')
             start = time.perf_counter()
-            state, step_metrics = jax.block_until_ready(step_fn(state, batch))
+            state, step_metrics = jax.block_until_ready(step_fn(state, batch, canvas=canvas))
             say(f'Compiled (and ran step {step + 1}) in {time.perf_counter() - start:.1f} s.')
             compiled_canvases.add(canvas)
             untimed, tick = len(pending) + 1, time.perf_counter()
           else:
-            state, step_metrics = step_fn(state, batch)
+            state, step_metrics = step_fn(state, batch, canvas=canvas)
           pending.append(step_metrics)
           step += 1
         last = step == num_steps

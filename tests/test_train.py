@@ -84,8 +84,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_pat
   def poisoned(model, config, tx):  # The step that starts at index 2 (the 3rd) reports a NaN loss.
     step = make_train_step(model, config, tx)
 
-    def poisoned_step(state, batch):
-      new_state, metrics = step(state, batch)
+    def poisoned_step(state, batch, canvas=None):
+      new_state, metrics = step(state, batch, canvas)
       return new_state, {**metrics, 'loss': jnp.where(state.step == 2, jnp.nan, metrics['loss'])}
     return poisoned_step
 
@@ -150,9 +150,9 @@ def test_periodic_evaluations_compile_once_and_reach_tensorboard(data_root, tmp_
   def counted(model, config):
     step = make_eval_step(model, config)
 
-    def traced_eval_step(variables, batch):
+    def traced_eval_step(variables, batch, canvas=None):
       traces.append(batch['image'].shape)  # Runs only while jax.jit traces: once per compilation.
-      return step(variables, batch)
+      return step(variables, batch, canvas)
     return traced_eval_step
 
   monkeypatch.setattr(eval_lib, 'make_eval_step', counted)
@@ -166,3 +166,46 @@ def test_periodic_evaluations_compile_once_and_reach_tensorboard(data_root, tmp_
   out = capsys.readouterr().out
   assert 'Compiling the train step for canvas 256x256' in out and re.search(r'Compiled .* in [\d.]+ s', out)
   assert re.search(r'step 3/3 \| .* img/s \| ETA 0m00s', out), out
+
+
+def test_device_resize_trains_like_the_host_path_and_compiles_once_per_canvas(data_root, tmp_path, monkeypatch):
+  traces = []  # (resize_on, step kind, canvas) at each trace: once per compilation.
+  make_train_step, make_eval_step = train_lib.make_train_step, eval_lib.make_eval_step
+
+  def counted_train(model, config, tx):
+    step = make_train_step(model, config, tx)
+
+    def traced_train_step(state, batch, canvas=None):
+      traces.append((config.data.resize_on, 'train', canvas))
+      return step(state, batch, canvas)
+    return traced_train_step
+
+  def counted_eval(model, config):
+    step = make_eval_step(model, config)
+
+    def traced_eval_step(variables, batch, canvas=None):
+      traces.append((config.data.resize_on, 'eval', canvas))
+      return step(variables, batch, canvas)
+    return traced_eval_step
+
+  monkeypatch.setattr(train_lib, 'make_train_step', counted_train)
+  monkeypatch.setattr(eval_lib, 'make_eval_step', counted_eval)
+  canvases = ((128, 256), (256, 128))
+  results, params = {}, {}
+  for side in ('host', 'device'):
+    config = tiny_config(data_root, num_steps=4, eval_every=2)
+    config.data.canvases = canvases
+    config.data.resize_on = side
+    results[side] = train_lib.train_and_evaluate(config, str(tmp_path / side))
+    params[side] = final_params(str(tmp_path / side), config)
+  device = [(kind, canvas) for side, kind, canvas in traces if side == 'device']
+  # Both canvases trained on and evaluated (4 steps, evaluations at steps 2 and 4), each compiled once.
+  assert sorted(device) == sorted((kind, c) for kind in ('train', 'eval') for c in canvases), device
+  host_loss = scalars(str(tmp_path / 'host' / 'tensorboard'))['train/loss']
+  device_loss = scalars(str(tmp_path / 'device' / 'tensorboard'))['train/loss']
+  assert set(device_loss) == {1, 2, 3, 4}
+  for step in device_loss:  # Pixels within one level: the same losses up to float noise.
+    np.testing.assert_allclose(device_loss[step], host_loss[step], rtol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(params['device']), jax.tree_util.tree_leaves(params['host'])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+  assert abs(results['device']['AP'] - results['host']['AP']) < 1e-3

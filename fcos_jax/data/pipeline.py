@@ -5,6 +5,9 @@ Batch contract (NumPy dicts; B = batch size per process, G = data.max_boxes, (H,
   labels [B, G] int32 (padded -1), valid [B, G] bool, image_id [B] int32, scale [B, 2] float32 (sy, sx),
   orig_size [B, 2] int32 (h, w), size [B, 2] int32 (resized h, w); evaluation adds mask [B] bool (an image to
   predict on) and unreadable [B] bool (an image of the split that could not be read: no predictions, but counted).
+With data.resize_on='device' the host only decodes: image is [B, h_s, w_s, 3], each decoded image as it is at the
+top left, zero padded to the largest original size of the bucket (`source_canvases`), and the batch adds flip [B]
+bool and canvas [B, 2] int32 (H, W); everything else is as above, and fcos_jax.resize makes the canvases.
 
 Every step, all processes yield the same canvas: buckets are drawn from one seeded schedule (training) or come in a
 fixed order with the same number of batches per process (evaluation), so the global batch has one shape.
@@ -269,10 +272,20 @@ def _bucket_weights(source, config, split, process_count):
   return counts / counts.sum()
 
 
-def _padded_batch(dataset, batch_size, canvas):
-  """Batches of `batch_size`, each image zero padded at the bottom/right to `canvas` (H, W) as it is copied in."""
+def source_canvases(source, split, canvases):
+  """Per canvas bucket, the (h, w) that holds every original image of `split` in it (the largest height and width):
+  what the device path pads decoded images to. None for a bucket without images."""
+  sizes = source.index(split).sizes
+  bucket = transforms.canvas_index(sizes, canvases)
+  return [tuple(int(v) for v in sizes[bucket == k].max(axis=0)) if (bucket == k).any() else None
+          for k in range(len(canvases))]
+
+
+def _padded_batch(dataset, batch_size, image_shape):
+  """Batches of `batch_size`, each image zero padded at the bottom/right to `image_shape` (H, W) as it is copied
+  in (a canvas, or on the device path the bucket's source canvas)."""
   shapes = {k: spec.shape for k, spec in dataset.element_spec.items()}
-  shapes['image'] = tf.TensorShape([*canvas, 3])
+  shapes['image'] = tf.TensorShape([*image_shape, 3])
   return dataset.padded_batch(batch_size, shapes, drop_remainder=True)
 
 
@@ -280,7 +293,11 @@ def _element(source, record, config, canvas, short, flip, skip_bad=False):
   """Decoded, transformed element for `canvas`, and its `coco.unreadable` message ('' if readable)."""
   d = config.data
   example, problem = coco.decode(record, source.read(record), skip_bad)
-  return transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes), problem
+  on_host = d.resize_on == 'host'
+  element = transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes, resize_image=on_host)
+  if not on_host:
+    element['canvas'] = tf.constant(canvas, tf.int32)
+  return element, problem
 
 
 def _images_per_bucket(source, split, canvases, process_index, process_count):
@@ -352,6 +369,8 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None):
     per_bucket = _images_per_bucket(source, d.train_split, d.canvases, process_index, process_count)
   records = source.records(d.train_split, process_index, process_count, seed=_seed(config.seed, _FILES, process_index),
                            with_boxes_only=True)
+  image_shapes = (source_canvases(source, d.train_split, d.canvases) if d.resize_on == 'device'
+                  else [tuple(c) for c in d.canvases])
   streams = []
   for k, canvas in enumerate(d.canvases):
     if not weights[k]:
@@ -373,7 +392,7 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None):
       stream = _readable_only(source, stream, per_bucket[k], what)
     stream = stream.shuffle(d.shuffle_buffer, seed=_seed(config.seed, _SHUFFLE, process_index, k)).enumerate()
     stream = stream.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    streams.append(_padded_batch(stream, batch, canvas))
+    streams.append(_padded_batch(stream, batch, image_shapes[k]))
   if len(streams) == 1:
     dataset = streams[0]
   else:
@@ -382,9 +401,11 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None):
   return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, stop=stop)
 
 
-def _padding_element(max_boxes):
-  """An all-zero element (mask and unreadable False) that fills the last batch of a bucket."""
-  return {'image': tf.zeros([0, 0, 3], tf.uint8), 'boxes': tf.zeros([max_boxes, 4], tf.float32),
+def _padding_element(max_boxes, canvas=None):
+  """An all-zero element (mask and unreadable False) that fills the last batch of a bucket; with `canvas` (the
+  device path) it also says flip False and names its canvas."""
+  device = {} if canvas is None else {'flip': tf.constant(False), 'canvas': tf.constant(canvas, tf.int32)}
+  return {**device, 'image': tf.zeros([0, 0, 3], tf.uint8), 'boxes': tf.zeros([max_boxes, 4], tf.float32),
           'labels': -tf.ones([max_boxes], tf.int32), 'valid': tf.zeros([max_boxes], bool),
           'image_id': tf.constant(-1, tf.int32), 'scale': tf.ones([2], tf.float32),
           'orig_size': tf.zeros([2], tf.int32), 'size': tf.zeros([2], tf.int32),
@@ -412,6 +433,8 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
   n = len(index) if config.eval.max_images <= 0 else min(len(index), config.eval.max_images)
   counts = np.bincount(transforms.canvas_index(index.sizes[:n], d.canvases), minlength=len(d.canvases))
   records = source.records(split).take(n)
+  image_shapes = (source_canvases(source, split, d.canvases) if d.resize_on == 'device'
+                  else [tuple(c) for c in d.canvases])
   parts, num_batches = [], 0
   for k, canvas in enumerate(d.canvases):
     if not counts[k]:
@@ -427,8 +450,9 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
 
     part = records.filter(lambda r, k=k: tf.equal(transforms.canvas_index(r['orig_size'], d.canvases), k))
     part = part.shard(process_count, process_index).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    part = part.concatenate(tf.data.Dataset.from_tensors(_padding_element(d.max_boxes)).repeat())
-    parts.append(_padded_batch(part.take(batches * batch), batch, canvas))
+    padding = _padding_element(d.max_boxes, canvas if d.resize_on == 'device' else None)
+    part = part.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+    parts.append(_padded_batch(part.take(batches * batch), batch, image_shapes[k]))
     num_batches += batches
   dataset = parts[0]
   for part in parts[1:]:

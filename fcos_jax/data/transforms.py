@@ -19,6 +19,14 @@ def resized_size(size, short, max_size):
   return new, tf.cast(new, tf.float32) / tf.cast(size, tf.float32)
 
 
+def scale_boxes(boxes, new, scale):
+  """`boxes` [N, 4] of an image resized by `scale` [2] (sy, sx) to `new` [2] (h', w'), clipped to it."""
+  sy, sx = tf.unstack(scale)
+  boxes = boxes * tf.stack([sx, sy, sx, sy])
+  new_f = tf.cast(new, tf.float32)
+  return tf.clip_by_value(boxes, 0.0, tf.stack([new_f[1], new_f[0], new_f[1], new_f[0]]))
+
+
 def resize(image, boxes, short, max_size):
   """Bilinear resize of uint8 `image` [h, w, 3] per `resized_size`; `boxes` [N, 4] scaled and clipped with it.
 
@@ -30,19 +38,19 @@ def resize(image, boxes, short, max_size):
   # [0.5, 255.5]: truncation rounds. One float pass fewer over the large image (4.5 -> 2.3-2.9 ms, 640x480 -> 800 px).
   shifted = tf.cast(image, tf.float32) + 0.5
   resized = tf.raw_ops.ResizeBilinear(images=shifted[None], size=new, half_pixel_centers=True)[0]
-  resized = tf.cast(resized, tf.uint8)
-  sy, sx = tf.unstack(scale)
-  boxes = boxes * tf.stack([sx, sy, sx, sy])
-  new_f = tf.cast(new, tf.float32)
-  boxes = tf.clip_by_value(boxes, 0.0, tf.stack([new_f[1], new_f[0], new_f[1], new_f[0]]))
-  return resized, boxes, scale
+  return tf.cast(resized, tf.uint8), scale_boxes(boxes, new, scale), scale
+
+
+def hflip_boxes(boxes, width):
+  """`boxes` [N, 4] mirrored left-right in an image `width` wide: x1' = w - x2, x2' = w - x1."""
+  w = tf.cast(width, tf.float32)
+  x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
+  return tf.stack([w - x2, y1, w - x1, y2], axis=-1)
 
 
 def hflip(image, boxes):
-  """Mirrors `image` [h, w, 3] left-right and `boxes` [N, 4] with it: x1' = w - x2, x2' = w - x1."""
-  w = tf.cast(tf.shape(image)[1], tf.float32)
-  x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
-  return tf.reverse(image, [1]), tf.stack([w - x2, y1, w - x1, y2], axis=-1)  # A strided slice is 3x slower.
+  """Mirrors `image` [h, w, 3] left-right and `boxes` [N, 4] with it."""
+  return tf.reverse(image, [1]), hflip_boxes(boxes, tf.shape(image)[1])  # A strided slice is 3x slower.
 
 
 def random_short_side(short_sizes, seed):
@@ -68,18 +76,19 @@ def canvas_index(size, canvases):
   return where(size[..., 1] >= size[..., 0], landscape, portrait)
 
 
-def fit_canvas(image, canvas, name):
-  """`image` [h, w, 3] itself, once checked to fit `canvas` (H, W); the error names the image (`name`, a string).
+def fit_canvas(size, canvas, name):
+  """`size` [2] (h, w) of a resized image itself, once checked to fit `canvas` (H, W); the error names the image
+  (`name`, a string).
 
   The zero padding at the bottom/right happens when batching (`padded_batch`), which writes each image straight
   into the batch: a separate pad costs a third of the per-image time.
   """
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  fits = (h <= canvas[0]) & (w <= canvas[1])
-  message = tf.strings.join(['Image ', name, ' resized to ', tf.strings.as_string(h), 'x', tf.strings.as_string(w),
+  fits = (size[0] <= canvas[0]) & (size[1] <= canvas[1])
+  message = tf.strings.join(['Image ', name, ' resized to ', tf.strings.as_string(size[0]), 'x',
+                             tf.strings.as_string(size[1]),
                              f' does not fit its canvas {canvas[0]}x{canvas[1]}; enlarge data.canvases.'])
   with tf.control_dependencies([tf.debugging.Assert(fits, [message])]):
-    return tf.identity(image)
+    return tf.identity(size)
 
 
 def pad_boxes(boxes, labels, max_boxes):
@@ -100,20 +109,30 @@ def pad_boxes(boxes, labels, max_boxes):
   return boxes, labels, valid, tf.maximum(n - max_boxes, 0)
 
 
-def prepare(example, short, max_size, flip, canvas, max_boxes):
+def prepare(example, short, max_size, flip, canvas, max_boxes, resize_image=True):
   """Canonical example -> one batch element for `canvas` (H, W) (the batch contract without the batch axis).
 
   `short` and `flip` may be tensors (drawn per image). Returns `image` uint8 [h', w', 3] (resized, fitting the
   canvas; zero padded to it when batched), `boxes` float32 [G, 4],
   `labels` int32 [G], `valid` bool [G], `image_id` int32, `scale` float32 [2] (sy, sx), `orig_size` int32 [2],
   `size` int32 [2] (resized h, w) and `dropped_boxes` int32 (GT boxes beyond `max_boxes`).
+  Without `resize_image` (the device resizes, see fcos_jax.resize), `image` is the decoded image [h, w, 3] as it is,
+  and `flip` bool says whether the device must mirror it; everything else is the same, the boxes bit for bit.
   """
-  # Flip first: the same pixels (bilinear resize commutes with a mirror), on the smaller image for COCO.
-  image, boxes = tf.cond(tf.convert_to_tensor(flip), lambda: hflip(example['image'], example['boxes']),
-                         lambda: (example['image'], example['boxes']))
-  image, boxes, scale = resize(image, boxes, short, max_size)
-  size = tf.shape(image)[:2]
-  image = fit_canvas(image, canvas, example['file'])
+  image, boxes, orig_size = example['image'], example['boxes'], example['orig_size']
+  flip = tf.convert_to_tensor(flip)
+  extra = {}
+  if resize_image:
+    # Flip first: the same pixels (bilinear resize commutes with a mirror), on the smaller image for COCO.
+    image, boxes = tf.cond(flip, lambda: hflip(image, boxes), lambda: (image, boxes))
+    image, boxes, scale = resize(image, boxes, short, max_size)
+    size = tf.shape(image)[:2]
+  else:
+    boxes = tf.cond(flip, lambda: hflip_boxes(boxes, orig_size[1]), lambda: boxes)
+    size, scale = resized_size(orig_size, short, max_size)
+    boxes = scale_boxes(boxes, size, scale)
+    extra['flip'] = flip
+  size = fit_canvas(size, canvas, example['file'])
   boxes, labels, valid, dropped = pad_boxes(boxes, example['labels'], max_boxes)
   return {'image': image, 'boxes': boxes, 'labels': labels, 'valid': valid, 'image_id': example['image_id'],
-          'scale': scale, 'orig_size': example['orig_size'], 'size': size, 'dropped_boxes': dropped}
+          'scale': scale, 'orig_size': orig_size, 'size': size, 'dropped_boxes': dropped, **extra}
