@@ -91,8 +91,9 @@ def get_config():
   d.threads = 0  # tf.data private thread pool size; 0: TensorFlow's default (one thread per core).
   # Where images are resized, flipped and padded: 'host' (tf.data) or 'device' (inside the jitted steps; the host
   # only decodes, and sends each image padded to its bucket's largest original size: for images about the canvas
-  # size or smaller, such as COCO's; the same pixels within one level).
-  d.resize_on = 'host'
+  # size or smaller, such as COCO's; the same pixels within one level). 'auto': 'device' on GPUs/TPUs, 'host' when
+  # JAX runs on the CPU (there the device path costs the same cores more).
+  d.resize_on = 'auto'
 
   # --- Training ------------------------------------------------------------------------------------------------------
   c.train = t = ml_collections.ConfigDict()
@@ -144,7 +145,7 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 LOSS_QUALITIES = ('centerness', 'iou')
 POSTPROCESS_METHODS = ('fast', 'paddle')
 DATA_SOURCES = ('folder', 'tfds')
-RESIZE_SIDES = ('host', 'device')
+RESIZE_SIDES = ('auto', 'host', 'device')
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
 
 

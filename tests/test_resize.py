@@ -120,3 +120,8 @@ def test_source_canvases_hold_every_original_of_their_bucket(root):
 def test_split_canvas_of_a_host_batch_is_its_image_shape():
   batch = {'image': np.zeros((2, 128, 256, 3), np.uint8), 'size': np.ones((2, 2), np.int32)}
   assert resize.split_canvas(batch) == (batch, (128, 256))
+
+
+def test_auto_resizes_on_the_host_when_jax_runs_on_the_cpu():
+  assert jax.default_backend() == 'cpu'
+  assert [resize.side(v) for v in ('auto', 'host', 'device')] == ['host', 'host', 'device']

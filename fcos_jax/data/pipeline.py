@@ -5,9 +5,10 @@ Batch contract (NumPy dicts; B = batch size per process, G = data.max_boxes, (H,
   labels [B, G] int32 (padded -1), valid [B, G] bool, image_id [B] int32, scale [B, 2] float32 (sy, sx),
   orig_size [B, 2] int32 (h, w), size [B, 2] int32 (resized h, w); evaluation adds mask [B] bool (an image to
   predict on) and unreadable [B] bool (an image of the split that could not be read: no predictions, but counted).
-With data.resize_on='device' the host only decodes: image is [B, h_s, w_s, 3], each decoded image as it is at the
-top left, zero padded to the largest original size of the bucket (`source_canvases`), and the batch adds flip [B]
-bool and canvas [B, 2] int32 (H, W); everything else is as above, and fcos_jax.resize makes the canvases.
+When the device resizes (data.resize_on, see fcos_jax.resize.side) the host only decodes: image is [B, h_s, w_s, 3],
+each decoded image as it is at the top left, zero padded to the largest original size of the bucket
+(`source_canvases`), and the batch adds flip [B] bool and canvas [B, 2] int32 (H, W); everything else is as above,
+and fcos_jax.resize makes the canvases.
 
 Every step, all processes yield the same canvas: buckets are drawn from one seeded schedule (training) or come in a
 fixed order with the same number of batches per process (evaluation), so the global batch has one shape.
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
+from fcos_jax import resize
 from fcos_jax.data import coco
 from fcos_jax.data import synthetic
 from fcos_jax.data import transforms
@@ -272,6 +274,11 @@ def _bucket_weights(source, config, split, process_count):
   return counts / counts.sum()
 
 
+def _on_device(config):
+  """Whether the train and eval steps resize this input (data.resize_on), so that the host only decodes."""
+  return resize.side(config.data.resize_on) == 'device'
+
+
 def source_canvases(source, split, canvases):
   """Per canvas bucket, the (h, w) that holds every original image of `split` in it (the largest height and width):
   what the device path pads decoded images to. None for a bucket without images."""
@@ -293,7 +300,7 @@ def _element(source, record, config, canvas, short, flip, skip_bad=False):
   """Decoded, transformed element for `canvas`, and its `coco.unreadable` message ('' if readable)."""
   d = config.data
   example, problem = coco.decode(record, source.read(record), skip_bad)
-  on_host = d.resize_on == 'host'
+  on_host = not _on_device(config)
   element = transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes, resize_image=on_host)
   if not on_host:
     element['canvas'] = tf.constant(canvas, tf.int32)
@@ -369,7 +376,7 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None):
     per_bucket = _images_per_bucket(source, d.train_split, d.canvases, process_index, process_count)
   records = source.records(d.train_split, process_index, process_count, seed=_seed(config.seed, _FILES, process_index),
                            with_boxes_only=True)
-  image_shapes = (source_canvases(source, d.train_split, d.canvases) if d.resize_on == 'device'
+  image_shapes = (source_canvases(source, d.train_split, d.canvases) if _on_device(config)
                   else [tuple(c) for c in d.canvases])
   streams = []
   for k, canvas in enumerate(d.canvases):
@@ -433,7 +440,7 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
   n = len(index) if config.eval.max_images <= 0 else min(len(index), config.eval.max_images)
   counts = np.bincount(transforms.canvas_index(index.sizes[:n], d.canvases), minlength=len(d.canvases))
   records = source.records(split).take(n)
-  image_shapes = (source_canvases(source, split, d.canvases) if d.resize_on == 'device'
+  image_shapes = (source_canvases(source, split, d.canvases) if _on_device(config)
                   else [tuple(c) for c in d.canvases])
   parts, num_batches = [], 0
   for k, canvas in enumerate(d.canvases):
@@ -450,7 +457,7 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
 
     part = records.filter(lambda r, k=k: tf.equal(transforms.canvas_index(r['orig_size'], d.canvases), k))
     part = part.shard(process_count, process_index).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    padding = _padding_element(d.max_boxes, canvas if d.resize_on == 'device' else None)
+    padding = _padding_element(d.max_boxes, canvas if _on_device(config) else None)
     part = part.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
     parts.append(_padded_batch(part.take(batches * batch), batch, image_shapes[k]))
     num_batches += batches
