@@ -75,6 +75,7 @@ def measure_step(args, canvas, k):
   config.model.dtype = args.dtype
   config.train.batch_size = args.batch
   config.train.grad_accum_steps = k
+  config.data.resize_on = 'host'  # The batch holds canvases; the device-side resize is timed by input_pipeline.py.
   config_lib.validate(config)
   mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
