@@ -125,3 +125,14 @@ def test_split_canvas_of_a_host_batch_is_its_image_shape():
 def test_auto_resizes_on_the_host_when_jax_runs_on_the_cpu():
   assert jax.default_backend() == 'cpu'
   assert [resize.side(v) for v in ('auto', 'host', 'device')] == ['host', 'host', 'device']
+
+
+def test_a_saved_data_position_resumes_on_the_other_side(root, tmp_path):
+  """resize_on='auto' may resolve otherwise on resume (CPU then GPU): the data order and boxes continue unchanged."""
+  host = iter(pipeline.make_train_dataset(make_config(root, resize_on='host')))
+  take(host, 3)
+  path = tf.train.Checkpoint(iterator=host).write(str(tmp_path / 'position'))
+  want = take(host, 3)
+  device = iter(pipeline.make_train_dataset(make_config(root, resize_on='device')))
+  tf.train.Checkpoint(iterator=device).read(path).assert_consumed()
+  assert_same_batches(want, take(device, 3))
