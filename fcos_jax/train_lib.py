@@ -157,6 +157,8 @@ def train_and_evaluate(config, workdir):
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
     check.stop_on_problems(config)
+  if config.train.eval_every or config.train.final_eval:  # Evaluation's label mapping: checked now, not hours later.
+    pipeline.label_to_category(config, pipeline.make_source(config).class_names(config.data.train_split))
   main = runtime.is_main_process()
   say = (lambda text: print(text, flush=True)) if main else (lambda text: None)  # noqa: E731
   os.makedirs(workdir, exist_ok=True)

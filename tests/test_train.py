@@ -1,5 +1,6 @@
 """End to end on the generated dataset under 8 CPU devices: train_and_evaluate, exact resume, the CLI."""
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from fcos_jax.recipes import shapes
-from fcos_jax import checkpoints, eval_lib, train_lib
+from fcos_jax import checkpoints, cli, eval_lib, train_lib
+from fcos_jax import config as config_lib
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
 
@@ -130,6 +132,28 @@ def test_checkpoint_of_another_architecture_is_refused(data_root, tmp_path):
   deeper.model.depth = 34
   with pytest.raises(ValueError, match=r'missing .*backbone/res3c'):
     final_params(str(tmp_path), deeper)
+
+
+def test_val_categories_the_model_does_not_know_stop_training_before_it_starts(data_root, tmp_path, capsys,
+                                                                               monkeypatch):
+  monkeypatch.delenv('FCOS_JAX_DEBUG', raising=False)
+  with open(os.path.join(data_root, 'annotations', 'instances_val.json')) as f:
+    val = json.load(f)
+  val['categories'] = [dict(c, name='hexagon') if c['name'] == 'diamond' else c for c in val['categories']]
+  (tmp_path / 'val.json').write_text(json.dumps(val))
+  args = ['--config=shapes', f'--workdir={tmp_path / "w"}', f'--config.data.root={data_root}',
+          '--config.data.generate_synthetic=false', f'--config.data.val_annotations={tmp_path / "val.json"}']
+  with pytest.raises(SystemExit) as exit_:
+    cli.train_main(args)
+  captured = capsys.readouterr()
+  assert exit_.value.code == 2
+  assert captured.err.splitlines() == [
+      "fcos-train: error: Split 'val': The dataset's categories do not match the model's classes by name:",
+      "  dataset categories the model does not know (1): 12 'hexagon'; the model knows: rectangle, ellipse, "
+      "triangle, cross, diamond"]
+  assert 'step' not in captured.out and not os.path.exists(tmp_path / 'w' / 'checkpoints')  # Before any step.
+  with pytest.raises(config_lib.ConfigError, match="12 'hexagon'"):
+    cli.train_main([*args, '--verbose'])
 
 
 def scalars(logdir):

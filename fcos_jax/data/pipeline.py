@@ -255,6 +255,12 @@ def _label_to_category(source, split, config, class_names):
     raise config_lib.ConfigError(f'Split {split!r}: {e}') from e
 
 
+def label_to_category(config, class_names, split=None):
+  """`_label_to_category` of `split` (default data.val_split) of `config`'s source: lets training check, before it
+  starts, the mapping its evaluations will need, rather than hours later at the first one."""
+  return _label_to_category(make_source(config), split or config.data.val_split, config, class_names)
+
+
 def _bucket_weights(source, config, split, process_count):
   """Fraction of the training images (with boxes) in each canvas bucket, the same on every process."""
   canvases = config.data.canvases
