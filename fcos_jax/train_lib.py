@@ -154,6 +154,8 @@ def train_and_evaluate(config, workdir):
 
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.remember_config(config, workdir)  # Cheap checks first: a resume of another model stops at once.
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
     check.stop_on_problems(config)
@@ -161,8 +163,6 @@ def train_and_evaluate(config, workdir):
     pipeline.label_to_category(config, pipeline.make_source(config).class_names(config.data.train_split))
   main = runtime.is_main_process()
   say = (lambda text: print(text, flush=True)) if main else (lambda text: None)  # noqa: E731
-  os.makedirs(workdir, exist_ok=True)
-  workdir_lib.remember_config(config, workdir)
   mesh = runtime.create_mesh()
   say(f'Training {_describe(config, mesh)} in {workdir}: initialising the parameters and the input pipeline.')
   model = fcos.build_model(config.model)

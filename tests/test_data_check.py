@@ -196,16 +196,33 @@ def test_command_exit_codes(broken, clean, tmp_path):
   assert result.returncode == 2 and 'give ROOT or --config' in result.stderr
 
 
-def test_training_stops_before_compiling(broken, tmp_path, capsys):
+def _check_first_config(root):
   c = config_lib.get_config()
-  c.data.root, c.data.train_split, c.data.val_split = broken[0], 'train', 'val'
+  c.data.root, c.data.train_split, c.data.val_split = root, 'train', 'val'
   c.data.check_first = True
   c.train.batch_size, c.eval.batch_size = 8, 8
+  return c
+
+
+def test_training_stops_before_compiling(broken, tmp_path, capsys):
+  c = _check_first_config(broken[0])
   workdir = str(tmp_path / 'work')
   with pytest.raises(check.DatasetProblems, match=r'in split\(s\) train \(6\)\.'):
     train_lib.train_and_evaluate(c, workdir)
   assert re.search(r'(?s)truncated JPEG.*FAILED: 6 problem\(s\).*split val.*OK', capsys.readouterr().out)
-  assert not os.path.exists(workdir)  # Stopped before any work.
+  assert os.listdir(workdir) == ['config.json']  # Stopped before any work.
   c.data.source = 'tfds'
   with pytest.raises(ValueError, match="data.check_first needs data.source='folder'"):
     config_lib.validate(c, num_devices=8)
+
+
+def test_an_incompatible_resume_stops_before_the_check(broken, tmp_path, capsys):
+  workdir = tmp_path / 'work'
+  saved = _check_first_config(broken[0])
+  saved.model.fpn_channels = 128
+  os.makedirs(workdir / 'checkpoints' / '400')
+  (workdir / 'config.json').write_text(saved.to_json())
+  with pytest.raises(config_lib.ConfigError, match='model.fpn_channels: 128 in the saved run, 256 now'):
+    train_lib.train_and_evaluate(_check_first_config(broken[0]), str(workdir))
+  assert capsys.readouterr().out == ''  # No report: not one image was read.
+
