@@ -13,6 +13,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from fcos_jax import cli
 from fcos_jax import config as config_lib
 from fcos_jax import train_lib
 from fcos_jax.data import check
@@ -226,3 +227,16 @@ def test_an_incompatible_resume_stops_before_the_check(broken, tmp_path, capsys)
     train_lib.train_and_evaluate(_check_first_config(broken[0]), str(workdir))
   assert capsys.readouterr().out == ''  # No report: not one image was read.
 
+
+def test_fcos_train_reports_dataset_problems_as_a_user_error(broken, tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv('FCOS_JAX_DEBUG', raising=False)
+  args = ['--config=shapes', f'--workdir={tmp_path / "w"}', f'--config.data.root={broken[0]}',
+          '--config.data.generate_synthetic=false', '--config.data.check_first=true']
+  with pytest.raises(SystemExit) as exit_:
+    cli.train_main(args)
+  captured = capsys.readouterr()
+  assert exit_.value.code == 2 and 'FAILED: 6 problem(s)' in captured.out
+  assert captured.err.splitlines() == ['fcos-train: error: data.check_first: problems that would stop training (see '
+                                       'the report above) in split(s) train (6).']
+  with pytest.raises(check.DatasetProblems):  # --verbose: the traceback.
+    cli.train_main([*args, '--verbose'])

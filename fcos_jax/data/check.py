@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from fcos_jax import config as config_lib
 from fcos_jax import runtime
 from fcos_jax.data import coco
 
@@ -60,8 +61,9 @@ KINDS = (
 _KIND = {k.key: k for k in KINDS}
 
 
-class DatasetProblems(ValueError):
-  """Raised by `stop_on_problems` after it printed the report; the message names the splits and counts."""
+class DatasetProblems(config_lib.ConfigError):
+  """Raised by `stop_on_problems` after it printed the report; the message names the splits and counts. A
+  ConfigError: the commands print it as a user error, one line under the report, without a traceback."""
 
 
 @dataclasses.dataclass
@@ -288,7 +290,7 @@ def _parse(argv):
     parser.error(f'--threads={args.threads} must be positive')
   config = None
   if args.config is not None:
-    from fcos_jax import cli, config as config_lib  # pylint: disable=g-import-not-at-top
+    from fcos_jax import cli  # pylint: disable=g-import-not-at-top
     try:
       config = cli.load_config(args.config, overrides)  # Checked as training checks it.
     except config_lib.ConfigError as e:
