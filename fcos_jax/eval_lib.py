@@ -100,7 +100,8 @@ def _progress(done, total, images, start):
 
 
 def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None, stop=None, class_names=None):
-  """Predicts the whole eval split, writes results.json and metrics.json to `workdir`, returns the metrics.
+  """Predicts the whole eval split, writes results.json and metrics.json to `workdir`, returns the metrics (the
+  COCO ones and `unreadable_images`; {} on processes other than 0).
 
   Every process runs the same number of batches (the last is padded and masked); detections come back
   replicated, so process 0 writes the files and runs pycocotools. Unreadable images (data.skip_bad_images) get no
@@ -132,11 +133,11 @@ def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None,
   suffix = '' if step is None else f'_step{step}'
   with open(os.path.join(workdir, f'results{suffix}.json'), 'w') as f:
     json.dump(results, f)
-  metrics = coco_evaluate(info.coco_gt, results, image_ids=image_ids)
+  metrics = {**coco_evaluate(info.coco_gt, results, image_ids=image_ids), 'unreadable_images': num_unreadable}
   skipped = dataset.stats.summary()  # This process's files; the count is over all processes.
   with open(os.path.join(workdir, f'metrics{suffix}.json'), 'w') as f:
-    json.dump({'step': step, 'num_images': len(image_ids), **metrics, 'unreadable_images': num_unreadable,
-               'unreadable_files': skipped['skipped_files']}, f, indent=1)
+    json.dump({'step': step, 'num_images': len(image_ids), **metrics, 'unreadable_files': skipped['skipped_files']},
+              f, indent=1)
   unreadable = f', {num_unreadable} of them unreadable (scored as missed)' if num_unreadable else ''
   print(f'COCO box AP {metrics["AP"]:.4f}, AP50 {metrics["AP50"]:.4f} on {len(image_ids)} images{unreadable}'
         + ('' if step is None else f' (step {step})'), flush=True)

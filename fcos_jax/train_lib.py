@@ -236,7 +236,8 @@ def train_and_evaluate(config, workdir):
           eta_s = (num_steps - step) * elapsed / timed if timed else float('nan')
           say(_format(step, num_steps, metrics, images_per_s, eta_s))
           writer.write_scalars(step, {**{f'train/{k}': v for k, v in metrics.items()},
-                                      **({'train/images_per_s': images_per_s} if timed else {})})
+                                      **({'train/images_per_s': images_per_s} if timed else {}),
+                                      'train/skipped_images': dataset.stats.skipped_images})
           pending, untimed, tick = [], 0, time.perf_counter()
         if (step % config.train.checkpoint_every == 0 or last or stopping) and step != saved:
           checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator, metadata)

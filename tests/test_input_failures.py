@@ -20,6 +20,7 @@ from fcos_jax.data import pipeline
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
 from fcos_jax.recipes import shapes
+from test_train import scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CANVASES = ((256, 256), (256, 128))  # Landscape, portrait.
@@ -112,6 +113,26 @@ def test_signals_are_honoured_while_the_input_blocks(data_root, tmp_path, signum
       'run the same command to resume from the start.' in output, output[-3000:]
 
 
+def test_skipped_training_images_are_named_once_and_counted(data_root, tmp_path):
+  """Three epochs over a split with one truncated image: one warning, the summary line, train_metrics.json and the
+  TensorBoard count all say 1."""
+  root = copy_of(data_root, tmp_path)
+  broken = next(i for i in load_json(root, 'train')['images'] if i['width'] >= i['height'])
+  truncate(os.path.join(root, 'train', broken['file_name']))
+  proc = train(tmp_path, root, '--config.data.skip_bad_images=true', '--config.train.num_steps=6',
+               '--config.train.batch_size=8', '--config.train.final_eval=false')
+  output, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, output[-3000:]
+  message = f'{root}/train/{broken["file_name"]} (image_id {broken["id"]}): truncated JPEG (no end-of-image marker)'
+  assert output.count('Skipping unreadable image') == 1 and message in output
+  assert f'Skipped 1 unreadable image(s) (data.skip_bad_images): {message}' in output
+  with open(tmp_path / 'work' / 'train_metrics.json') as f:
+    summary = json.load(f)
+  assert summary['skipped_images'] == 1 and summary['skipped_files'] == [message]
+  skipped = scalars(str(tmp_path / 'work' / 'tensorboard'))['train/skipped_images']
+  assert set(skipped) == set(range(1, 7)) and skipped[6] == 1
+
+
 def tiny_config(root, **data):
   c = shapes.get_config()
   c.data.update(dict(root=root, generate_synthetic=False, short_sizes=(128,), eval_short_size=128, max_size=192,
@@ -150,7 +171,7 @@ def test_an_unreadable_eval_image_counts_as_missed(data_root, tmp_path, capsys):
   assert 'on 6 images, 1 of them unreadable (scored as missed)' in capsys.readouterr().out
   kept = [r for r in results if r['image_id'] != broken['id']]
   assert len(kept) < len(results)
-  assert bad == pytest.approx(eval_lib.coco_evaluate(gt_path, kept), abs=1e-12)
+  assert bad == pytest.approx({**eval_lib.coco_evaluate(gt_path, kept), 'unreadable_images': 1}, abs=1e-12)
   assert 0.01 < bad['AP'] < eval_lib.coco_evaluate(gt_path, results)['AP']
   with open(tmp_path / 'bad' / 'metrics.json') as f:
     metrics = json.load(f)
