@@ -1,7 +1,7 @@
 """Multi-process data parallelism: two `train.py` processes on this machine (2 CPU devices each), joined by
 `jax.distributed.initialize` on loopback and each reading its own shard of the data, end with the parameters of one
-process that trains on the same global batches (the two shards side by side); SIGTERM on one of them stops both at
-the same step (slow)."""
+process that trains on the same global batches (the two shards side by side), with the device-side resize;
+SIGTERM on one of them stops both at the same step (slow)."""
 
 import json
 import os
@@ -47,7 +47,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
   port, workdir = free_port(), tmp_path / 'two'
   env = {**cpu_env(), 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
   procs = [subprocess.Popen(train_command(workdir, root, f'--config.train.num_steps={STEPS}',
-                                          f'--config.train.checkpoint_every={STEPS}',
+                                          f'--config.train.checkpoint_every={STEPS}', '--config.data.resize_on=device',
                                           f'--config.train.coordinator_address=127.0.0.1:{port}',
                                           '--config.train.num_processes=2', f'--config.train.process_id={i}'),
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -60,6 +60,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
   assert os.path.exists(workdir / f'metrics_step{STEPS}.json')
 
   config = tiny_shapes_config(root)
+  config.data.resize_on = 'device'  # The processes resize in the step (the other tests here: the CPU's host path).
   shards = [iter(pipeline.make_train_dataset(config, i, 2)) for i in range(2)]
   batches = [{k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
              for parts in (tuple(next(s) for s in shards) for _ in range(STEPS))]

@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fcos_jax import config as config_lib
 from fcos_jax.config import get_config
-from fcos_jax import losses, optim, train_lib
+from fcos_jax import losses, optim, resize, train_lib
 from fcos_jax.model import fcos
 
 
@@ -41,12 +41,13 @@ def run_steps(config, devices, batches):
   model = fcos.build_model(config.model)
   tx = optim.make_optimizer(config)
   state, shardings = train_lib.create_state(model, tx, config, mesh)
-  step = jax.jit(train_lib.make_train_step(model, config, tx), donate_argnums=0,
+  step = jax.jit(train_lib.make_train_step(model, config, tx), donate_argnums=0, static_argnames='canvas',
                  out_shardings=(shardings, NamedSharding(mesh, P())))
   frozen_before = jax.device_get(state.frozen)
   for batch in batches:
+    batch, canvas = resize.split_canvas(batch)  # Pipeline batches of either data.resize_on side.
     batch = jax.device_put(batch, NamedSharding(mesh, P('data')))
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, canvas=canvas)
   return state, metrics, frozen_before
 
 
