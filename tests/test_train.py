@@ -1,10 +1,9 @@
-"""End to end on the generated dataset under 8 CPU devices: train_and_evaluate, exact resume, the CLI."""
+"""End to end on the generated dataset under 8 CPU devices: train_and_evaluate, exact resume, evaluation during
+training, start-up checks, the device-side resize (the command-line errors: test_cli.py)."""
 
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +15,6 @@ from fcos_jax import checkpoints, cli, eval_lib, train_lib
 from fcos_jax import config as config_lib
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -96,20 +93,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_pat
   with pytest.raises(FloatingPointError, match='step 3'):
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert checkpoints.manager(str(tmp_path / 'checkpoints')).latest_step() == 2
-
-
-def run_cli(*args):
-  return subprocess.run([sys.executable, 'train.py', *args], cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def test_cli_rejects_unknown_config_keys(tmp_path):
-  result = run_cli('--config=configs/shapes.py', f'--workdir={tmp_path}', '--config.optimizer.lrr=0.1')
-  assert result.returncode != 0 and 'lrr' in result.stderr
-
-
-def test_cli_overrides_reach_the_config(tmp_path):
-  result = run_cli('--config=configs/shapes.py', f'--workdir={tmp_path}', '--config.data.max_boxes=0')
-  assert result.returncode != 0 and 'data.max_boxes=0 must be positive' in result.stderr
 
 
 def test_same_seed_same_parameters(data_root, tmp_path):
