@@ -83,6 +83,12 @@ def get_config():
   d.eval_short_size = 800
   d.max_size = 1333  # Cap on the long side.
   d.canvases = ((896, 1408), (1408, 896))  # Padded (H, W) buckets, multiples of 128; landscape and portrait.
+  # The reference extent of each image, which the network sees instead of the static canvas (it is padding
+  # invariant: zeros beyond the extent, GroupNorm statistics over it): the resized size of the largest image of its
+  # group of `pad_group` consecutive images (training; 1 at evaluation), rounded up to a multiple of `pad_stride`.
+  # PaddleDetection: 128 (PadBatch(pad_to_stride=128)) and groups of 2 (its per-GPU batch); its IoU recipes: 32.
+  d.pad_stride = 128
+  d.pad_group = 2
   d.max_boxes = 100  # Ground-truth slots per image (extra boxes: the largest are kept, with a warning).
   d.flip = True  # Random horizontal flip in training.
   d.shuffle_buffer = 1024
@@ -313,6 +319,10 @@ def validate(config, num_devices=None):
        and d.eval_short_size <= d.max_size,
        f'data.short_sizes {tuple(d.short_sizes)} and data.eval_short_size={d.eval_short_size} must be positive '
        f'integers, at most data.max_size={d.max_size}')
+  need(d.pad_stride >= 1 and STRIDES[-1] % d.pad_stride == 0,
+       f'data.pad_stride={d.pad_stride} must divide {STRIDES[-1]} (e.g. 128, or 32 for the IoU recipes)')
+  need(d.pad_group >= 1 and t.batch_size % d.pad_group == 0,
+       f'data.pad_group={d.pad_group} must be positive and divide train.batch_size={t.batch_size}')
   need(len(d.canvases) > 0, 'data.canvases is empty')
   for canvas in d.canvases:
     need(len(canvas) == 2 and all(_is_int(v) and v > 0 and v % STRIDES[-1] == 0 for v in canvas),
