@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
 import tempfile
 from typing import Any
 
@@ -86,22 +87,61 @@ def save(mgr, step, variables, train, data_iterator=None, metadata=None):
   mgr.save(step, args=ocp.args.Composite(**items))
 
 
-def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=None):
-  """(variables, train) of the latest or given step, placed like the abstract trees; None if there is none. Sets
-  `data_iterator` to the saved position (a step without one restarts the data order, with a warning)."""
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    return None
+class CheckpointError(config_lib.ConfigError):
+  """A checkpoint step that cannot be restored (truncated or missing files, another format): a user error, reported
+  in one line that names the step, the file where known, and what to do."""
+
+
+def _unreadable(directory, step, error):
+  """'step N (FILE: first line of the error)': the file inside the step named by the storage library's message."""
+  text = str(error).strip() or type(error).__name__
+  step_dir = os.path.join(str(directory), str(step))
+  found = re.search(re.escape(step_dir) + r'/[^\s"\'\]\),]*', text)
+  where = found.group(0) if found else step_dir
+  return f'step {step} ({where}: {text.splitlines()[0][:200]})'
+
+
+def _restore_step(mgr, step, abstract_variables, abstract_train, data_iterator):
   as_abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
-  items = {'variables': ocp.args.StandardRestore(as_abstract(abstract_variables)),
-           'train': ocp.args.StandardRestore(as_abstract(abstract_train))}
-  if data_iterator is not None:
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(as_abstract(abstract_variables)),
+      train=ocp.args.StandardRestore(as_abstract(abstract_train))))
+  if data_iterator is not None:  # Last: the arrays are known good before the iterator is moved.
     if (pathlib.Path(mgr.directory) / str(step) / 'data').is_dir():
-      items['data'] = DataState(data_iterator)
+      mgr.restore(step, args=ocp.args.Composite(data=DataState(data_iterator)))
     else:
       log.warning('No data iterator state in step %d: the data order restarts from the beginning.', step)
-  restored = mgr.restore(step, args=ocp.args.Composite(**items))
   return restored['variables'], restored['train']
+
+
+def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=None, fallback=False):
+  """(variables, train) of the newest (or the given) step, placed like the abstract trees; None if there is none. Sets
+  `data_iterator` to the saved position (a step without one restarts the data order, with a warning).
+
+  A step that cannot be restored raises CheckpointError naming it and the newest older step that can be; with
+  `fallback`, that older step is restored instead, with a warning. Nothing is deleted either way.
+  """
+  steps = sorted(mgr.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
+    return None
+  problems = []
+  for candidate in steps:
+    try:
+      restored = _restore_step(mgr, candidate, abstract_variables, abstract_train, data_iterator)
+    except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore and TensorFlow raise many types)
+      problems.append(_unreadable(mgr.directory, candidate, e))
+      continue
+    if not problems:
+      return restored
+    if fallback:
+      log.warning('Checkpoint %s cannot be restored; resuming from step %d (train.resume_fallback).',
+                  '; '.join(problems), candidate)
+      return restored
+    raise CheckpointError(f'Checkpoint {"; ".join(problems)} cannot be restored. Step {candidate} can: run the same '
+                          f'command with --config.train.resume_fallback=true to resume from it, or move the newer '
+                          f'step directories of {mgr.directory} away.')
+  raise CheckpointError(f'No step of {mgr.directory} can be restored: ' + '; '.join(problems) + '. Use a new '
+                        '--workdir, or move the checkpoints away to start again.')
 
 
 def save_variables(directory, variables, metadata, step=0):

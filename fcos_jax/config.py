@@ -91,7 +91,6 @@ def get_config():
   d.pad_group = 2
   d.max_boxes = 100  # Ground-truth slots per image (extra boxes: the largest are kept, with a warning).
   d.flip = True  # Random horizontal flip in training.
-  d.shuffle_buffer = 1024
   d.skip_bad_images = False  # Count and skip unreadable images instead of failing.
   d.check_first = False  # Before training: check annotations and image headers (fcos_jax.data.check); stop on problems.
   d.threads = 0  # tf.data private thread pool size; 0: TensorFlow's default (one thread per core).
@@ -111,6 +110,10 @@ def get_config():
   t.final_eval = True  # Evaluate when training ends.
   t.checkpoint_every = 5000
   t.keep_checkpoints = 3
+  # SIGTERM/SIGINT: one process stops after the step running and at most the one queued behind it. Several processes
+  # agree on a stop every this many steps and at log steps (one small collective), so they stop within that many.
+  t.stop_sync_every = 10
+  t.resume_fallback = False  # If the newest checkpoint cannot be restored, resume from the newest one that can.
   t.init_checkpoint = ''  # Orbax checkpoint (e.g. converted ImageNet ResNet) to initialise from.
   t.init_backbone_only = True  # Take only the backbone from init_checkpoint (e.g. ImageNet weights).
   t.coordinator_address = ''  # Multi-process: 'host:port' of process 0; empty for one process (or auto-detect below).
@@ -262,9 +265,9 @@ def validate(config, num_devices=None):
   one_of('data.resize_on', RESIZE_SIDES)
 
   at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
-           'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'data.shuffle_buffer', 'train.batch_size',
+           'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',
            'train.grad_accum_steps', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
-           'train.keep_checkpoints', 'optimizer.base_batch_size', 'postprocess.pre_nms_top_k',
+           'train.keep_checkpoints', 'train.stop_sync_every', 'optimizer.base_batch_size', 'postprocess.pre_nms_top_k',
            'postprocess.max_detections', 'eval.batch_size')
   at_least(0, 'seed', 'data.threads', 'train.eval_every', 'optimizer.warmup_steps', 'optimizer.weight_decay',
            'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images')

@@ -1,10 +1,11 @@
 """Stopping a run on SIGTERM or SIGINT so that every process saves the same step and exits cleanly.
 
-A signal only sets a flag. With one process the loop stops after the step in flight. With several, no process
-decides alone (orbax saves are collective: processes saving at different steps would hang): at the steps where
-the loop already reads its metrics back to the host (train.log_every), the processes take the maximum of their
-flags with one small collective, so a signal on any process stops all of them after the same step, and no other
-step pays for a host round trip. A second SIGINT interrupts at once, as Ctrl-C twice is expected to.
+A signal only sets a flag, which the loop reads between dispatches (the host runs at most one step ahead of the
+devices). With one process the loop stops after the step running and at most the one queued behind it. With
+several, no process decides alone (orbax saves are collective: processes saving at different steps would hang):
+every `train.stop_sync_every` steps and at log steps, the processes take the maximum of their flags with one small
+collective, so a signal on any process stops all of them after the same step, within that many steps. A second
+SIGINT interrupts at once, as Ctrl-C twice is expected to.
 """
 
 import signal

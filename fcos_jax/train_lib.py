@@ -179,7 +179,8 @@ def train_and_evaluate(config, workdir):
   source, split = pipeline.make_source(config), config.data.train_split
   class_names = source.class_names(split)  # Recorded in the checkpoints; evaluation maps them by name.
   metadata = checkpoints.make_metadata(config, class_names, source.category_ids(split))
-  restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator)
+  restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator,
+                                 fallback=config.train.resume_fallback)
   if restored is not None:
     variables, train = restored
     state = jax.device_put(TrainState(step=train['step'], params=variables['params'], frozen=variables['frozen'],
@@ -199,6 +200,7 @@ def train_and_evaluate(config, workdir):
   step = saved = int(state.step)
   compiled_canvases = set()
   pending, untimed, tick, metrics = [], 0, time.perf_counter(), {}
+  previous = None  # The metrics of the step dispatched last, ready once that step has run.
   try:
     with stop:
       while step < num_steps:
@@ -221,11 +223,15 @@ def train_and_evaluate(config, workdir):
             untimed, tick = len(pending) + 1, time.perf_counter()
           else:
             state, step_metrics = step_fn(state, batch, canvas=canvas)
+          if previous is not None:  # The host stays one step ahead, no more: a stop waits for two steps at most.
+            jax.block_until_ready(previous)
           pending.append(step_metrics)
+          previous = step_metrics
           step += 1
         last = step == num_steps
         log_now = step % log_every == 0 or last
-        stopping = batch is None or stop.agreed(at_sync_point=log_now)
+        stopping = batch is None or stop.agreed(
+            at_sync_point=log_now or step % config.train.stop_sync_every == 0)
         if pending and (log_now or stopping or step % config.train.checkpoint_every == 0):
           host = jax.device_get(pending)  # The host round trip of the loop: at log, checkpoint and stop steps.
           for m in host:

@@ -69,7 +69,7 @@ def test_enumerated_fields(path, value, allowed, suggestion):
 
 @pytest.mark.parametrize('path', [
     'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
-    'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'data.shuffle_buffer', 'train.batch_size',
+    'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',
     'train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
     'optimizer.base_batch_size', 'postprocess.pre_nms_top_k', 'postprocess.max_detections', 'eval.batch_size'])
 def test_sizes_and_counts_must_be_positive(path):

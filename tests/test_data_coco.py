@@ -278,7 +278,7 @@ def test_tfds_pipeline(mocked_tfds):
   from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = config_lib.get_config()
   config.data.update(dict(source='tfds', tfds_data_dir='/nonexistent/tfds', short_sizes=(320,), eval_short_size=320,
-                          max_size=480, canvases=((384, 512), (512, 384)), max_boxes=10, shuffle_buffer=16))
+                          max_size=480, canvases=((384, 512), (512, 384)), max_boxes=10))
   config.train.batch_size = config.eval.batch_size = 2
   iterator = iter(pipeline.make_train_dataset(config))
   with_boxes = {100 + i for i, objects in mocked_tfds if any(not crowd for _, _, crowd in objects)}

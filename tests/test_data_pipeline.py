@@ -31,7 +31,7 @@ def root(tmp_path_factory):
 def make_config(root, **data):
   c = config_lib.get_config()
   c.data.update({**dict(root=root, train_split='train', val_split='val', short_sizes=(288, 320), eval_short_size=320,
-                        max_size=480, canvases=CANVASES, max_boxes=12, shuffle_buffer=64), **data})
+                        max_size=480, canvases=CANVASES, max_boxes=12), **data})
   c.model.num_classes = 5
   c.train.batch_size = 4
   c.eval.batch_size = 4

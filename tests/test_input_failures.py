@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CANVASES = ((256, 256), (256, 128))  # Landscape, portrait.
 TINY = ['--config.data.generate_synthetic=false', '--config.data.short_sizes=(128,)',
         '--config.data.eval_short_size=128', '--config.data.max_size=192', f'--config.data.canvases={CANVASES}',
-        '--config.data.max_boxes=16', '--config.data.shuffle_buffer=32', '--config.model.stem_width=8',
+        '--config.data.max_boxes=16', '--config.model.stem_width=8',
         '--config.model.fpn_channels=16', '--config.model.gn_groups=4', '--config.train.log_every=1']
 
 

@@ -35,7 +35,7 @@ def tiny_shapes_config(root):
   """The config that `train_command(..., root)` builds from its flags (test_signals.TINY), as a ConfigDict."""
   c = shapes.get_config()
   c.data.update(dict(root=str(root), generate_synthetic=False, short_sizes=(128,), eval_short_size=128, max_size=192,
-                     canvases=((256, 256),), max_boxes=16, shuffle_buffer=32))
+                     canvases=((256, 256),), max_boxes=16))
   c.model.update(dict(stem_width=8, fpn_channels=16, gn_groups=4))
   c.train.num_steps = STEPS
   return c

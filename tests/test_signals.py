@@ -20,7 +20,7 @@ from fcos_jax.model import fcos
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.data.generate_synthetic=false', '--config.data.short_sizes=(128,)',
         '--config.data.eval_short_size=128', '--config.data.max_size=192', '--config.data.canvases=((256, 256),)',
-        '--config.data.max_boxes=16', '--config.data.shuffle_buffer=32', '--config.model.stem_width=8',
+        '--config.data.max_boxes=16', '--config.model.stem_width=8',
         '--config.model.fpn_channels=16', '--config.model.gn_groups=4', '--config.train.num_steps=100000',
         '--config.train.log_every=1', '--config.train.checkpoint_every=100000']
 

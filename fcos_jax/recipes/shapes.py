@@ -18,7 +18,6 @@ def get_config():
   c.data.max_size = 384
   c.data.canvases = ((256, 384), (384, 256))
   c.data.max_boxes = 32
-  c.data.shuffle_buffer = 512
 
   c.model.depth = 18
   c.model.stem_width = 16
