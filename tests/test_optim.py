@@ -54,7 +54,8 @@ def test_first_two_updates_match_hand_computation():
 
 
 # --- The optimiser table of the Paddle recipes against ppdet 2.6's layer definitions ------------------------------
-# Line numbers are those of paddledet 2.6.0 (ppdet/...). The global L2 is the 0.0001 of configs/fcos/_base_/
+# Files and line numbers of paddledet 2.6.0: ppdet/modeling/backbones/resnet.py, necks/fpn.py, heads/fcos_head.py,
+# layers.py; ppdet/optimizer/optimizer.py. The global L2 is the 0.0001 of configs/fcos/_base_/
 # optimizer_1x.yml, which ppdet/optimizer/optimizer.py:296-311 hands to Momentum as its weight_decay; a parameter's
 # own regularizer replaces it, and only parameters with trainable=True reach the optimiser (optimizer.py:349-350).
 L2 = 1e-4
@@ -72,7 +73,7 @@ def ppdet_entry(name):
     # Convs: ParamAttr(learning_rate=lr) with lr_mult_list [1] * 4 (resnet.py:68, 90, 436); DCN offset convs
     # keep the default lr and regularizer (resnet.py:80-81).
     return (1.0, L2)
-  if '.fcos_feat.' in name:  # Tower convs: ConvNormLayer(bias_on=True, lr_scale=2., use_dcn) (heads/fcos_head.py:81-103).
+  if '.fcos_feat.' in name:  # Tower convs: ConvNormLayer(bias_on=True, lr_scale=2., use_dcn) (fcos_head.py:81-103).
     if '.norm.' in name:
       return (1.0, 0.0)  # GroupNorm, regularizer L2Decay(norm_decay=0.) (layers.py:194, 245-251).
     if leaf == 'weight':
