@@ -126,7 +126,7 @@ def get_config():
   o.lr = 0.01  # For `base_batch_size` images; scaled linearly with train.batch_size.
   o.base_batch_size = 16
   o.momentum = 0.9
-  o.weight_decay = 1e-4  # Coupled L2 on every trained parameter except norm scales/biases.
+  o.weight_decay = 1e-4  # Coupled L2 on every trained parameter except norm scales/biases and DCN head biases.
   o.warmup_steps = 500
   o.warmup_factor = 1.0 / 3.0  # Linear warmup from lr * factor.
   o.decay_steps = (60_000, 80_000)

@@ -26,13 +26,29 @@ def _path_names(path):
   return [getattr(k, 'key', str(k)) for k in path]
 
 
+def _deformable_convs(params):
+  """Paths (tuples of names) of the deformable convs: the modules that hold a `conv_offset`."""
+  paths = [tuple(_path_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return {p[:-2] for p in paths if p[-2:] == ('conv_offset', 'kernel')}
+
+
 def decay_mask(params):
-  """True for parameters that get L2 decay: everything trained except normalisation scales and biases."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: 'norm' not in _path_names(p), params)
+  """True for parameters that get L2 decay: everything trained except normalisation scales and biases, and except
+  both biases of each deformable head tower conv (its own and its offset conv's), as ppdet's FCOS-DCN head gives
+  them L2Decay(0) (the backbone's deformable convs keep the global decay on their offset-conv bias)."""
+  deformable = _deformable_convs(params)
+
+  def decayed(path, _):
+    names = tuple(_path_names(path))
+    head_dcn_bias = 'fcos_feat' in names and names[-1] == 'bias' and (
+        names[:-1] in deformable or names[:-2] in deformable)
+    return 'norm' not in names and not head_dcn_bias
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def head_bias_mask(params):
-  """True for the biases of the head's tower convs (learning rate x head_bias_lr_mult, as in Paddle)."""
+  """True for the biases of the head's tower convs, in deformable ones also the offset conv's (learning rate x
+  head_bias_lr_mult, as in Paddle)."""
   def is_tower_bias(path, _):
     names = _path_names(path)
     return 'fcos_feat' in names and names[-1] == 'bias' and 'norm' not in names

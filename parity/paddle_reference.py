@@ -28,14 +28,15 @@ STRIDES = [8, 16, 32, 64, 128]
 SIZE_BOUNDS = [64, 128, 256, 512]
 
 
-def build(dcn):
-  """ppdet's FCOS as configs/fcos/fcos_r50_fpn_1x_coco.yml (and fcos_dcn_r50_fpn_1x_coco.yml) define it."""
+def build(dcn, quality='centerness'):
+  """ppdet's FCOS as configs/fcos/fcos_r50_fpn_1x_coco.yml (fcos_dcn_r50_fpn_1x_coco.yml; quality 'iou':
+  fcos_r50_fpn_iou_1x_coco.yml) define it."""
   backbone = ResNet(depth=50, variant='b', norm_type='bn', freeze_at=0, return_idx=[1, 2, 3], num_stages=4,
                     dcn_v2_stages=[1, 2, 3] if dcn else [-1])
   neck = FPN(in_channels=[512, 1024, 2048], out_channel=256, spatial_scales=[1 / 8, 1 / 16, 1 / 32],
              has_extra_convs=True, extra_stage=2, use_c5=False)
   head = FCOSHead(num_classes=80, fcos_feat=FCOSFeat(256, 256, 4, norm_type='gn', use_dcn=dcn),
-                  fpn_stride=STRIDES, fcos_loss=FCOSLoss(),
+                  fpn_stride=STRIDES, fcos_loss=FCOSLoss(quality=quality),
                   nms=MultiClassNMS(score_threshold=0.025, nms_top_k=1000, keep_top_k=100, nms_threshold=0.6))
   return FCOS(backbone, neck, head)
 

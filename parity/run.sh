@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Numerical parity of fcos_jax with PaddleDetection and torchvision: see parity/README.md.
+# Numerical parity of fcos_jax with PaddleDetection and torchvision, and of its optimiser with PaddleDetection's:
+# see parity/README.md.
 #
 #   parity/run.sh            (after `make test` has created .venv)
 #
@@ -38,6 +39,7 @@ rm -rf "$WORK"/ckpt_*
 start=$SECONDS
 echo "== inputs";  "${JAX_PY[@]}" parity/make_inputs.py "$WORK"
 echo "== paddle";  .venv-paddle/bin/python parity/paddle_reference.py "$WORK" | grep -v '^Warning: Unable to use'
+.venv-paddle/bin/python parity/paddle_optimizer.py "$WORK" | grep -v '^Warning: Unable to use'
 echo "== torch";   .venv-torch/bin/python parity/torch_reference.py "$WORK"
 .venv-torch/bin/python parity/dcn_torch_reference.py "$WORK"
 echo "== convert"
@@ -50,5 +52,6 @@ echo "== compare"
 status=0
 "${JAX_PY[@]}" parity/compare.py "$WORK" || status=$?
 "${JAX_PY[@]}" parity/dcn_compare.py "$WORK" || status=$?
+"${JAX_PY[@]}" parity/optimizer_compare.py "$WORK" || status=$?
 echo "parity: $((SECONDS - start)) s (not counting environment set-up)"
 exit $status

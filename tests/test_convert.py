@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from fcos_jax import config as config_lib
 from fcos_jax.config import get_config
 from fcos_jax import checkpoints, convert
 from fcos_jax.convert import __main__ as cli
@@ -164,6 +165,7 @@ def test_paddle_r50_cli_round_trip(tmp_path):
   metadata = checkpoints.read_metadata(str(tmp_path / 'ckpt'))
   config = checkpoints.config_from_checkpoint(str(tmp_path / 'ckpt'))
   assert config.model == convert.model_config('fcos_r50') and config.postprocess.method == 'paddle'
+  assert (config.data.pad_stride, config.data.pad_group) == (128, 2)
   assert metadata['class_names'][:3] == ['person', 'bicycle', 'car'] and len(metadata['class_names']) == 80
   assert metadata['category_ids'] == list(categories.COCO_CATEGORY_IDS)
 
@@ -233,6 +235,16 @@ def test_torchvision_fcos_names_classes_and_config():
   config = torchvision.torchvision_fcos_config(get_config())
   assert (config.model.per_level_scale, config.assign.point_offset, config.postprocess.score_sqrt) == (False, 0.0, True)
   assert config.postprocess.score_threshold == 0.2 and config.model.gn_groups == 32
+
+
+# ppdet's fcos_r50 / fcos_dcn_r50 readers: PadBatch(pad_to_stride=128) over 2 images per GPU
+# (configs/fcos/_base_/fcos_reader.yml). torchvision: GeneralizedRCNNTransform(size_divisible=32) pads each batch to
+# its largest image, 2 images per GPU in references/detection/train.py (--batch-size default 2).
+@pytest.mark.parametrize('source, arch, pad_stride', [('paddle', 'fcos_r50', 128), ('paddle', 'fcos_dcn_r50', 128),
+                                                       ('torchvision', 'fcos_r50', 32)])
+def test_converted_config_records_the_reference_padding(source, arch, pad_stride):
+  config = config_lib.from_dict(cli.metadata(source, arch)['config'])  # As config_from_checkpoint reads it back.
+  assert (config.data.pad_stride, config.data.pad_group) == (pad_stride, 2)
 
 
 def test_torchvision_resnet50_and_bad_classifier():

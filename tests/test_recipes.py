@@ -6,6 +6,8 @@ they include, configs/fcos/_base_/fcos_r50_fpn.yml and configs/fcos/_base_/optim
 in the other recipes: 12 epochs of COCO train2017 at batch 16 are 90k steps (one epoch = 7500 steps).
 """
 
+import importlib
+
 import pytest
 
 from fcos_jax import config as config_lib
@@ -37,6 +39,8 @@ COMMON = {
     'data.max_size': 1333,  # Resize/RandomResize target_size [..., 1333]
     'data.eval_short_size': 800,  # EvalReader Resize target_size: [800, 1333]
     'data.flip': True,  # RandomFlip: {}
+    'data.pad_stride': 32,  # PadBatch: {pad_to_stride: 32}
+    'data.pad_group': 2,  # TrainReader batch_size: 2 per GPU, the images each PadBatch pads together
     'train.batch_size': 16,  # TrainReader batch_size: 2 per GPU, x 8 GPUs
     'optimizer.lr': 0.01,  # base_lr: 0.01 (for the 16 images of 8 GPUs x 2)
     'optimizer.base_batch_size': 16,
@@ -82,6 +86,16 @@ def test_iou_recipe_matches_paddle_yaml(recipe, expected):
     else:
       assert tuple(got) == want if isinstance(want, tuple) else got == want, name
   assert config.model.dtype == 'float32' and config.train.grad_accum_steps == 1
+
+
+# The other Paddle recipes pad to 128: PadBatch: {pad_to_stride: 128} with TrainReader batch_size: 2, in
+# configs/fcos/_base_/fcos_reader.yml (commit 0bfe4af778d4a4060dd6b8eab7be4286bdf5d41f), which
+# fcos_r50_fpn_1x_coco.yml and fcos_dcn_r50_fpn_1x_coco.yml include, and in fcos_r50_fpn_multiscale_2x_coco.yml's own
+# TrainReader (commit above).
+@pytest.mark.parametrize('recipe', ['r50_1x', 'r50_dcn_1x', 'r50_ms_2x'])
+def test_paddle_recipes_pad_to_128(recipe):
+  config = config_lib.validate(importlib.import_module(f'fcos_jax.recipes.{recipe}').get_config(), num_devices=1)
+  assert (config.data.pad_stride, config.data.pad_group) == (128, 2)
 
 
 def test_iou_recipes_are_shipped_by_name():

@@ -17,8 +17,8 @@ the 80 rows of the real categories, in id order, which is fcos_jax's class order
 < 0.13 name FPN convs `inner_blocks.0.weight` instead of `inner_blocks.0.0.weight`; both are accepted.
 
 The converted FCOS computes torchvision's function only under `torchvision_fcos_config` (no per-level scale,
-points at i * stride, sqrt scores above 0.2, clipped boxes). torchvision's training loss (GIoU on pixel boxes,
-unweighted, / num_pos) and its padding to multiples of 32 are not reproduced.
+points at i * stride, sqrt scores above 0.2, clipped boxes); the config records torchvision's padding to multiples of
+32 (`data.pad_stride`). torchvision's training loss (GIoU on pixel boxes, unweighted, / num_pos) is not reproduced.
 """
 
 import logging
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 COCO_IDS = np.array(COCO_CATEGORY_IDS)
 NUM_TORCHVISION_CLASSES = 91
 
-# Config fields under which fcos_jax computes what torchvision's FCOS computes at inference.
+# Config fields under which fcos_jax computes what torchvision's FCOS computes at inference, and pads as it pads.
 TORCHVISION_FCOS = {
     'model.per_level_scale': False,
     'model.gn_groups': 32,
@@ -50,6 +50,10 @@ TORCHVISION_FCOS = {
     'postprocess.max_detections': 100,
     'postprocess.score_sqrt': True,
     'postprocess.clip_boxes': True,
+    'data.pad_stride': 32,  # GeneralizedRCNNTransform(size_divisible=32).
+    # Its batch_images pads every image of a batch to the batch's largest: 2 images per GPU in torchvision's
+    # detection references. At batch-1 evaluation each image is padded alone, as fcos_jax pads at evaluation.
+    'data.pad_group': 2,
 }
 
 BRANCH = {'branch2a': ('conv1', 'bn1'), 'branch2b': ('conv2', 'bn2'), 'branch2c': ('conv3', 'bn3'),
