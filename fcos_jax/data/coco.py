@@ -277,7 +277,10 @@ class TfdsSource:
   def _raw(self, split, shuffle_seed=None):
     """Examples with the image left encoded, plus `orig_size` read from the image header."""
     tfds = self._tfds
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+    # Shuffled reads take their records from 16 files at once, one at a time, so that consecutive records come from
+    # different files: with the files reshuffled every epoch, this is the only shuffling (no buffer to checkpoint).
+    read_config = (tfds.ReadConfig() if shuffle_seed is None else
+                   tfds.ReadConfig(shuffle_seed=shuffle_seed, interleave_cycle_length=16, interleave_block_length=1))
     ds = self.builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
                                  decoders={'image': tfds.decode.SkipDecoding()})
 
@@ -292,7 +295,7 @@ class TfdsSource:
 
   def records(self, split, process_index=0, process_count=1, seed=None, with_boxes_only=False):
     """Records of this process's even share of `split` (only images with boxes if asked): once in order, or with
-    `seed` endlessly, the files reshuffled every epoch (then shuffle the records with a buffer too)."""
+    `seed` endlessly, the files reshuffled every epoch and read 16 at a time, record by record."""
     split = self._split_name(split)
     if process_count > 1:
       split = self._tfds.even_splits(split, n=process_count)[process_index]

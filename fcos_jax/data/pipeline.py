@@ -326,9 +326,9 @@ def _readable_only(source, records, num_images, what):
   """`records` (one bucket's endless stream, every image `num_images` times or less per epoch) without the
   unreadable images; each kept record gets `skipped` [K] string, the messages of those dropped since the last one.
 
-  Checked before the shuffle buffer, so that a run of 2 * num_images - 1 unreadable records in a row proves that
-  no image is readable (between two passes of a readable image lie at most 2 * num_images - 2 others): then it
-  stops with an error naming `what` instead of waiting forever for an element.
+  Checked on the record stream (a new permutation every epoch), so that a run of 2 * num_images - 1 unreadable
+  records in a row proves that no image is readable (between two passes of a readable image lie at most
+  2 * num_images - 2 others): then it stops with an error naming `what` instead of waiting forever for an element.
   """
   limit = 2 * int(num_images) - 1
 
