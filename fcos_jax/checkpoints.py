@@ -10,10 +10,12 @@ backbone initialisation read `variables` and, where no config is given, `metadat
 """
 
 import dataclasses
+import gc
 import logging
 import os
 import pathlib
 import re
+import sys
 import tempfile
 from typing import Any
 
@@ -92,26 +94,31 @@ class CheckpointError(config_lib.ConfigError):
   in one line that names the step, the file where known, and what to do."""
 
 
-def _unreadable(directory, step, error):
-  """'step N (FILE: first line of the error)': the file inside the step named by the storage library's message."""
+def _problem(item_dir, error):
+  """'ITEM_DIR (FILE: first line of the error)': the file inside the item where the storage library names one."""
   text = str(error).strip() or type(error).__name__
-  step_dir = os.path.join(str(directory), str(step))
-  found = re.search(re.escape(step_dir) + r'/[^\s"\'\]\),]*', text)
-  where = found.group(0) if found else step_dir
-  return f'step {step} ({where}: {text.splitlines()[0][:200]})'
+  found = re.search(re.escape(str(item_dir)) + r'/[^\s"\'\]\),]*', text)
+  return f'{found.group(0) if found else item_dir}: {text.splitlines()[0][:200]}'
+
+
+def _restore_item(mgr, step, name, args):
+  """One item of a step; any failure becomes a one-line CheckpointError naming the step, the item and the file."""
+  try:
+    return mgr.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+  except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore and TensorFlow raise many types)
+    raise CheckpointError(f'step {step} ({_problem(pathlib.Path(mgr.directory) / str(step) / name, e)})') from e
 
 
 def _restore_step(mgr, step, abstract_variables, abstract_train, data_iterator):
   as_abstract = lambda tree: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(as_abstract(abstract_variables)),
-      train=ocp.args.StandardRestore(as_abstract(abstract_train))))
+  variables = _restore_item(mgr, step, 'variables', ocp.args.StandardRestore(as_abstract(abstract_variables)))
+  train = _restore_item(mgr, step, 'train', ocp.args.StandardRestore(as_abstract(abstract_train)))
   if data_iterator is not None:  # Last: the arrays are known good before the iterator is moved.
     if (pathlib.Path(mgr.directory) / str(step) / 'data').is_dir():
-      mgr.restore(step, args=ocp.args.Composite(data=DataState(data_iterator)))
+      _restore_item(mgr, step, 'data', DataState(data_iterator))
     else:
       log.warning('No data iterator state in step %d: the data order restarts from the beginning.', step)
-  return restored['variables'], restored['train']
+  return variables, train
 
 
 def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=None, fallback=False):
@@ -128,20 +135,34 @@ def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=No
   for candidate in steps:
     try:
       restored = _restore_step(mgr, candidate, abstract_variables, abstract_train, data_iterator)
-    except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore and TensorFlow raise many types)
-      problems.append(_unreadable(mgr.directory, candidate, e))
-      continue
-    if not problems:
-      return restored
-    if fallback:
-      log.warning('Checkpoint %s cannot be restored; resuming from step %d (train.resume_fallback).',
-                  '; '.join(problems), candidate)
-      return restored
-    raise CheckpointError(f'Checkpoint {"; ".join(problems)} cannot be restored. Step {candidate} can: run the same '
-                          f'command with --config.train.resume_fallback=true to resume from it, or move the newer '
-                          f'step directories of {mgr.directory} away.')
-  raise CheckpointError(f'No step of {mgr.directory} can be restored: ' + '; '.join(problems) + '. Use a new '
-                        '--workdir, or move the checkpoints away to start again.')
+    except CheckpointError as e:
+      problems.append(str(e))
+    else:
+      if not problems:
+        return restored
+      break
+    _drop_abandoned_reads()
+  else:
+    raise CheckpointError(f'No step of {mgr.directory} can be restored: ' + '; '.join(problems) + '. Use a new '
+                          '--workdir, or move the checkpoints away to start again.')
+  if fallback:
+    log.warning('Checkpoint %s cannot be restored; resuming from step %d (train.resume_fallback).',
+                '; '.join(problems), candidate)
+    return restored
+  raise CheckpointError(f'Checkpoint {"; ".join(problems)} cannot be restored. Step {candidate} can: run the same '
+                        f'command with --config.train.resume_fallback=true to resume from it, or move the newer '
+                        f'step directories of {mgr.directory} away.')
+
+
+def _drop_abandoned_reads():
+  """Collects the reads orbax left unfinished when a restore failed, without the 'Exception ignored' report that
+  each would print when Python collects it later: the failure is reported once, by CheckpointError."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
 
 
 def save_variables(directory, variables, metadata, step=0):
