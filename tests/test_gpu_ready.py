@@ -1,0 +1,98 @@
+"""What the lent GPU machine needs, checked on the CPU: its image has no TensorFlow or clu (ml-collections and
+pycocotools travel as wheels, `make gpu-wheels`), and every jitted program of the GPU run must lower for CUDA."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fcos_jax import eval_lib, optim, predict, train_lib
+from fcos_jax.model import fcos
+from tests.test_predict import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The model, the train and eval steps, the predictor seam and every benchmark of the GPU suite but the input
+# pipeline's (tf.data), which the suite skips where TensorFlow is absent.
+GPU_PATH_MODULES = ('fcos_jax.model.fcos', 'fcos_jax.train_lib', 'fcos_jax.eval_lib', 'fcos_jax.predict',
+                    'fcos_jax.recipes.r50_dcn_1x', 'fcos_jax.convert.torchvision', 'benchmarks.__main__',
+                    'benchmarks.train_step', 'benchmarks.inference', 'benchmarks.assign', 'benchmarks.postprocess',
+                    'benchmarks.dcn')
+
+
+def test_gpu_path_imports_without_tensorflow_or_clu():
+  script = textwrap.dedent(f"""
+      import importlib, importlib.abc, sys
+
+      class Absent(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+          if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets', 'clu'):
+            raise ModuleNotFoundError(f'{{name}} is absent on the GPU image')
+
+      sys.meta_path.insert(0, Absent())
+      for name in {GPU_PATH_MODULES!r}:
+        importlib.import_module(name)
+      """)
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def lowers_for_cuda(fn, *args):
+  """StableHLO of `fn` exported for CUDA from abstract `args` (nothing runs): fails on a CPU-only construct."""
+  exported = jax.export.export(jax.jit(fn), platforms=('cuda',))(*args)
+  assert exported.platforms == ('cuda',)
+  return exported
+
+
+def abstract_batch(batch, canvas, resize_on, boxes=4):
+  """ShapeDtypeStructs of a pipeline batch on either data.resize_on side (device: decoded images smaller than the
+  canvas, which the step resizes)."""
+  h, w = canvas if resize_on == 'host' else (96, 160)
+  spec = jax.ShapeDtypeStruct
+  out = {'image': spec((batch, h, w, 3), jnp.uint8), 'size': spec((batch, 2), jnp.int32),
+         'boxes': spec((batch, boxes, 4), jnp.float32), 'labels': spec((batch, boxes), jnp.int32),
+         'valid': spec((batch, boxes), jnp.bool_), 'image_id': spec((batch,), jnp.int32),
+         'scale': spec((batch, 2), jnp.float32), 'mask': spec((batch,), jnp.bool_),
+         'unreadable': spec((batch,), jnp.bool_)}
+  if resize_on == 'device':
+    out.update(orig_size=spec((batch, 2), jnp.int32), flip=spec((batch,), jnp.bool_))
+  return out
+
+
+@pytest.mark.parametrize('resize_on', ['host', 'device'])
+@pytest.mark.parametrize('dtype,grad_accum_steps', [('bfloat16', 1), ('float32', 2)])
+def test_train_step_lowers_for_cuda(resize_on, dtype, grad_accum_steps):
+  config = tiny_config()
+  config.model.dtype = dtype
+  config.train.update(dict(batch_size=4, grad_accum_steps=grad_accum_steps))
+  config.data.resize_on = resize_on
+  model = fcos.build_model(config.model)
+  tx = optim.make_optimizer(config)
+  state = jax.eval_shape(lambda: train_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=(v := fcos.init_variables(model, 0))['params'], frozen=v['frozen'],
+      opt_state=tx.init(v['params'])))
+  canvas = (128, 256)
+  step = train_lib.make_train_step(model, config, tx)
+  lowers_for_cuda(lambda s, b: step(s, b, canvas=canvas), state, abstract_batch(4, canvas, resize_on))
+
+
+@pytest.mark.parametrize('resize_on', ['host', 'device'])
+def test_eval_step_and_detect_fn_lower_for_cuda(resize_on):
+  config = tiny_config()
+  config.model.dtype = 'bfloat16'
+  config.data.resize_on = resize_on
+  model = fcos.build_model(config.model)
+  variables = jax.eval_shape(lambda: fcos.init_variables(model, 0))
+  eval_step = eval_lib.make_eval_step(model, config)
+  canvas = (128, 256)
+  lowers_for_cuda(lambda v, b: eval_step(v, b, canvas=canvas), variables, abstract_batch(2, canvas, resize_on))
+  for method in ('fast', 'paddle'):
+    config.postprocess.method = method
+    batch = abstract_batch(2, canvas, 'host')
+    lowers_for_cuda(predict.make_detect_fn(model, config), variables, batch['image'], batch['size'])
