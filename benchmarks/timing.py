@@ -46,7 +46,19 @@ def peak_rss_gib():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_name():
+  """The host CPU's model name and count (Linux), for the record: host-side figures depend on it."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), 'unknown CPU')
+  except OSError:
+    name = 'unknown CPU'
+  return f'{name} x{os.cpu_count()}'
+
+
 def _cell(value):
+  if value is None:
+    return '-'
   if isinstance(value, float):
     return f'{value:,.3f}' if abs(value) < 10 else f'{value:,.1f}'
   return str(value)
@@ -75,7 +87,7 @@ def report(name, rows, columns, note=''):
   path = os.path.join(folder, f'{case}.json')
   with open(path, 'w') as f:
     json.dump({'benchmark': name, 'case': case, 'date': time.strftime('%Y-%m-%d %H:%M'), 'argv': sys.argv[1:],
-               'note': note, 'load_average': os.getloadavg()[0], 'columns': columns, 'rows': rows}, f, indent=1)
+               'cpu': cpu_name(), 'note': note, 'load_average': os.getloadavg()[0], 'columns': columns, 'rows': rows}, f, indent=1)
   with open(os.path.join(folder, f'{case}.md'), 'w') as f:
     f.write(f'### {case}\n\n' + markdown(rows, columns, note))
   print(f'(written to {os.path.relpath(path)} and .md)', flush=True)
