@@ -87,7 +87,8 @@ def report(name, rows, columns, note=''):
   path = os.path.join(folder, f'{case}.json')
   with open(path, 'w') as f:
     json.dump({'benchmark': name, 'case': case, 'date': time.strftime('%Y-%m-%d %H:%M'), 'argv': sys.argv[1:],
-               'cpu': cpu_name(), 'note': note, 'load_average': os.getloadavg()[0], 'columns': columns, 'rows': rows}, f, indent=1)
+               'cpu': cpu_name(), 'note': note, 'load_average': os.getloadavg()[0], 'columns': columns,
+               'rows': rows}, f, indent=1)
   with open(os.path.join(folder, f'{case}.md'), 'w') as f:
     f.write(f'### {case}\n\n' + markdown(rows, columns, note))
   print(f'(written to {os.path.relpath(path)} and .md)', flush=True)

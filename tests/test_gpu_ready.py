@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU_PATH_MODULES = ('fcos_jax.model.fcos', 'fcos_jax.train_lib', 'fcos_jax.eval_lib', 'fcos_jax.predict',
                     'fcos_jax.recipes.r50_dcn_1x', 'fcos_jax.convert.torchvision', 'benchmarks.__main__',
                     'benchmarks.train_step', 'benchmarks.inference', 'benchmarks.assign', 'benchmarks.postprocess',
-                    'benchmarks.dcn')
+                    'benchmarks.dcn', 'benchmarks.summary', 'benchmarks.roofline')
 
 
 def test_gpu_path_imports_without_tensorflow_or_clu():
@@ -96,3 +96,17 @@ def test_eval_step_and_detect_fn_lower_for_cuda(resize_on):
     config.postprocess.method = method
     batch = abstract_batch(2, canvas, 'host')
     lowers_for_cuda(predict.make_detect_fn(model, config), variables, batch['image'], batch['size'])
+
+
+def test_roofline_stages_add_up_to_the_whole_programs():
+  """The roofline's stages (the model's submodules run one at a time, assignment, loss, optimizer) do the work of
+  the whole train step and detect function: their FLOPs add up to those of the single programs."""
+  from benchmarks import roofline  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  flops = {}
+  for phase, stage, fn, args, _ in roofline.stages(config, 2, (128, 256), whole=True):
+    flops[phase, stage] = jax.jit(fn).lower(*args).cost_analysis()['flops']  # Before XLA's passes: no compile.
+  train = sum(f for (phase, _), f in flops.items() if phase == 'train')
+  inference = sum(f for (phase, stage), f in flops.items() if phase == 'inference' and stage != 'detect (paddle)')
+  assert train == pytest.approx(flops['whole', 'train step (one program)'], rel=0.05)
+  assert inference == pytest.approx(flops['whole', 'detect fn, fast (one program)'], rel=0.02)
