@@ -2,8 +2,9 @@
 
 `write(folder, status)` reads the CASE.json files the suite has written so far and writes summary.json and
 summary.md there: the goals table (training and inference speed on one H200 against the targets the first GPU run
-is held to), the host's input budget (the tf.data cost per image measured on a CPU, host_input_cpu.json beside this
-file, over the measured GPU step time per image: the cores the host needs to keep up), each case's status, and
+is held to), the train steps side by side (bf16, float32, k=8 micro-batches, DCN), the host's input budget (the tf.data cost
+per image measured on a CPU, host_input_cpu.json beside this file, over the measured GPU step time per image: the
+cores the host needs to keep up), each case's status, and
 every case's table: the two files alone carry the whole run.
 
   python -m benchmarks.summary DIR      # again, on a folder the suite wrote
@@ -54,6 +55,16 @@ def goals(folder):
   return out
 
 
+TRAIN_CASES = ('train_step', 'train_step_f32', 'grad_accum', 'train_step_dcn')
+TRAIN_COLUMNS = ['case', 'impl', 'recipe', 'dtype', 'batch', 'k', 'micro_batch', 'ms_median', 'images_per_s',
+                 'gflops_per_image', 'mfu', 'peak_memory_gib', 'compile_s']
+
+
+def training(folder):
+  """Every train step row of the suite's train cases side by side (k=1 and k=8 at the same global batch)."""
+  return [{'case': case, **row} for case in TRAIN_CASES for row in _rows(folder, case)]
+
+
 def host_budget(folder):
   """Per data.resize_on side: the host's thread time per image (measured on a CPU by input_pipeline.py, the GPU
   image has no TensorFlow), the bf16 GPU step's time per image, and the cores the host needs to keep up."""
@@ -78,6 +89,7 @@ def host_budget(folder):
 def write(folder, status):
   """summary.json and summary.md in `folder`, from the CASE.json files there and each case's `status`."""
   tables = {'goals': (goals(folder), ['what', 'measured', 'goal', 'met']),
+            'training': (training(folder), TRAIN_COLUMNS),
             'host_budget': (host_budget(folder), ['resize_on', 'host_ms_per_image', 'gpu_step_ms_per_image',
                                                   'host_cores_needed', 'measured_on']),
             'cases': ([{'case': k, 'status': v} for k, v in status.items()], ['case', 'status'])}
@@ -91,8 +103,9 @@ def write(folder, status):
     if os.path.exists(os.path.join(folder, f'{name}.json')):
       with open(os.path.join(folder, f'{name}.json')) as f:
         everything[name] = json.load(f)
-      with open(os.path.join(folder, f'{name}.md')) as f:
-        parts.append(f.read())
+      if os.path.exists(os.path.join(folder, f'{name}.md')):
+        with open(os.path.join(folder, f'{name}.md')) as f:
+          parts.append(f.read())
   with open(os.path.join(folder, 'summary.json'), 'w') as f:
     json.dump(everything, f, indent=1)
   with open(os.path.join(folder, 'summary.md'), 'w') as f:
