@@ -75,10 +75,11 @@ def main(argv=None):
         rows[-1]['x_torchvision'] = rows[-1]['ms_median'] / peer['ms_median']
       timing.progress(f'{method} batch {batch}: compiled in {rows[-1]["compile_s"]:.1f} s, '
                       f'{rows[-1]["ms_median"]:,.2f} ms')
-  note = (f'{jax.devices()[0].device_kind}, canvas {canvas}, {args.dtype}, median of {args.repeats}; '
-          f'x_torchvision = fcos_jax time / torchvision time')
-  timing.report('inference', rows, ['impl', 'method', 'batch', 'ms_median', 'ms_p90', 'images_per_s',
-                                    'detections_per_image', 'compile_s', 'x_torchvision'], note)
+      note = (f'{jax.devices()[0].device_kind}, canvas {canvas}, {args.dtype}, median of {args.repeats}; '
+              f'x_torchvision = fcos_jax time / torchvision time')
+      timing.report('inference', rows, ['impl', 'method', 'batch', 'ms_median', 'ms_p90', 'images_per_s',
+                                        'detections_per_image', 'compile_s', 'x_torchvision'], note,
+                    echo=(batch, method) == (args.batches[-1], args.methods[-1]))
 
 
 def measure_detect(model, config, method, variables, data, repeats):

@@ -2,9 +2,9 @@
 
 `write(folder, status)` reads the CASE.json files the suite has written so far and writes summary.json and
 summary.md there: the goals table (training and inference speed on one H200 against the targets the first GPU run
-is held to), the train steps side by side (bf16, float32, k=8 micro-batches, DCN), the host's input budget (the tf.data cost
-per image measured on a CPU, host_input_cpu.json beside this file, over the measured GPU step time per image: the
-cores the host needs to keep up), each case's status, and
+is held to), the train steps side by side (bf16, float32, k=8 micro-batches, DCN), the host's input budget (the
+tf.data CPU time per image measured on a CPU, host_input_cpu.json beside this file, over the measured GPU step time
+per image: the cores the host needs to keep up), each case's status, and
 every case's table: the two files alone carry the whole run.
 
   python -m benchmarks.summary DIR      # again, on a folder the suite wrote

@@ -71,17 +71,19 @@ def markdown(rows, columns, note=''):
   return '\n'.join(lines + ([f'\n{note}'] if note else [])) + '\n'
 
 
-def report(name, rows, columns, note=''):
-  """Prints `rows` (dicts) as a table of `columns` and writes {'rows', 'note', ...} to NAME.json and the table to
-  NAME.md in `results_dir()` (NAME: $BENCHMARK_CASE if set, else `name`)."""
-  table = [[_cell(row.get(c, '-')) for c in columns] for row in rows]
-  widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-  print(' | '.join(c.rjust(w) for c, w in zip(columns, widths)))
-  print('-+-'.join('-' * w for w in widths))
-  for r in table:
-    print(' | '.join(v.rjust(w) for v, w in zip(r, widths)))
-  if note:
-    print(note)
+def report(name, rows, columns, note='', echo=True):
+  """Prints `rows` (dicts) as a table of `columns` (unless not `echo`: a partial table, saved so that a run cut
+  short keeps its rows) and writes {'rows', 'note', ...} to NAME.json and the table to NAME.md in `results_dir()`
+  (NAME: $BENCHMARK_CASE if set, else `name`)."""
+  if echo:
+    table = [[_cell(row.get(c, '-')) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print(' | '.join(c.rjust(w) for c, w in zip(columns, widths)))
+    print('-+-'.join('-' * w for w in widths))
+    for r in table:
+      print(' | '.join(v.rjust(w) for v, w in zip(r, widths)))
+    if note:
+      print(note)
   folder, case = results_dir(), os.environ.get('BENCHMARK_CASE') or name
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, f'{case}.json')
@@ -91,4 +93,5 @@ def report(name, rows, columns, note=''):
                'rows': rows}, f, indent=1)
   with open(os.path.join(folder, f'{case}.md'), 'w') as f:
     f.write(f'### {case}\n\n' + markdown(rows, columns, note))
-  print(f'(written to {os.path.relpath(path)} and .md)', flush=True)
+  if echo:
+    print(f'(written to {os.path.relpath(path)} and .md)', flush=True)
