@@ -18,6 +18,7 @@ first on the same batch, canvas, boxes and thread count; x_torchvision is the ti
 
 import argparse
 import importlib
+import math
 import os
 import time
 
@@ -83,6 +84,7 @@ def measure_step(args, canvas, k):
   config.train.batch_size = args.batch
   config.train.grad_accum_steps = k
   config.data.resize_on = 'host'  # The batch holds canvases; the device-side resize is timed by input_pipeline.py.
+  config.data.pad_group = math.gcd(config.data.pad_group, args.batch)  # Batch 1 (CPU): each image its own group.
   config_lib.validate(config)
   mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
