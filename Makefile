@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	.venv-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	touch $@
 
-.PHONY: demo test test-slow bench
+.PHONY: demo test test-slow bench gpu-wheels
 demo: $(VENV)/.installed  ## Generate the shapes dataset, train on CPU, evaluate, print COCO AP.
 	$(VENV)/bin/python train.py --config=configs/shapes.py --workdir=$(WORKDIR)
 
@@ -28,3 +28,13 @@ test-slow: $(VENV)/.installed  ## Longer end-to-end tests, not in CI.
 
 bench: $(VENV)/.installed .venv-torch/.installed  ## The benchmark suite, CPU sizes (python -m benchmarks --gpu on a GPU).
 	$(VENV)/bin/python -m benchmarks
+
+# The wheels the lent GPU machine's image lacks (Python 3.12, jax 0.11.2 + CUDA, torch; no ml-collections or
+# pycocotools, and no registry to install from): downloaded here into .whl/, carried with benchmarks/device_run.sh.
+GPU_WHEELS ?= ml-collections==1.1.0 pycocotools==2.0.11
+gpu-wheels:  ## Download GPU_WHEELS for CPython 3.12 manylinux x86-64 into .whl/ (for the device run).
+	rm -rf .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	@du -ch .whl/*.whl

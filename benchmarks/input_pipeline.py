@@ -24,14 +24,16 @@ from fcos_jax.data import synthetic
 
 
 def measure(config, batches, warmup):
-  """(images per second over `batches` batches after `warmup` batches (start-up and autotuning), the last batch)."""
+  """(images per second over `batches` batches after `warmup` batches (start-up and autotuning), this process's CPU
+  milliseconds per image over them, the last batch). CPU time, unlike the rate, holds on a loaded machine."""
   iterator = iter(pipeline.make_train_dataset(config))
   for _ in range(warmup):
     next(iterator)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(batches):
     batch = next(iterator)
-  return batches * config.train.batch_size / (time.perf_counter() - start), batch
+  images = batches * config.train.batch_size
+  return images / (time.perf_counter() - start), (time.process_time() - cpu_start) * 1e3 / images, batch
 
 
 def device_resize_ms(batch, repeats):
@@ -66,11 +68,11 @@ def main(argv=None):
   for side in args.resize_on:
     for threads in args.threads:
       config.data.update(dict(resize_on=side, threads=threads))
-      rate, batch = measure(config, args.batches, args.warmup)
+      rate, cpu_ms, batch = measure(config, args.batches, args.warmup)
       device_batch = batch if side == 'device' else device_batch
       rows.append({'resize_on': side, 'tf_data_threads': threads, 'images_per_s': rate,
                    'images_per_s_per_thread': rate / threads, 'host_ms_per_image': 1000 * threads / rate,
-                   'batch_image_shape': 'x'.join(map(str, batch['image'].shape[1:3]))})
+                   'cpu_ms_per_image': cpu_ms, 'batch_image_shape': 'x'.join(map(str, batch['image'].shape[1:3]))})
   if device_batch is not None:
     timed, canvas = device_resize_ms(device_batch, args.repeats)
     n = len(device_batch['image'])
@@ -78,10 +80,11 @@ def main(argv=None):
                  'host_ms_per_image': '-', 'device_ms_per_image': timed['ms_median'] / n,
                  'batch_image_shape': f'{n} images to {canvas[0]}x{canvas[1]}', **timed})
   timing.report('input_pipeline', rows, ['resize_on', 'tf_data_threads', 'images_per_s', 'images_per_s_per_thread',
-                                         'host_ms_per_image', 'device_ms_per_image', 'ms_median', 'ms_min', 'ms_max',
-                                         'batch_image_shape'],
+                                         'host_ms_per_image', 'cpu_ms_per_image', 'device_ms_per_image', 'ms_median',
+                                         'ms_min', 'ms_max', 'batch_image_shape'],
                 f'load average {os.getloadavg()[0]:.2f} (other processes on the machine lower these numbers); '
-                'host_ms_per_image is thread time (threads / rate)')
+                'host_ms_per_image is thread time (threads / rate); cpu_ms_per_image is the process\'s CPU time '
+                '(every thread) per image, which load does not inflate')
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@
       --repeats 20 --peer-args="--bf16 --channels-last"              # one H100
   python -m benchmarks.train_step --batch 4 --grad-accum 1 2 4 --no-peer  # the same global batch in k micro-batches
   python -m benchmarks.train_step --batch 16 --canvas 896 1408 --grad-accum 8 --compile-only --no-peer  # memory only
+  python -m benchmarks.train_step --recipe r50_dcn_1x --no-peer      # another recipe of fcos_jax/recipes
 
 Reports, for each k of --grad-accum (train.grad_accum_steps: k micro-batches of batch/k images in one step),
 compile time, ms/step (median, p90, min-max), images/s, XLA's FLOPs per image and the MFU they give for
@@ -16,6 +17,8 @@ first on the same batch, canvas, boxes and thread count; x_torchvision is the ti
 """
 
 import argparse
+import importlib
+import math
 import os
 import time
 
@@ -23,7 +26,6 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import inputs, timing, torchvision_fcos
-from fcos_jax.recipes import r50_1x
 from fcos_jax import config as config_lib
 from fcos_jax import optim, runtime, train_lib
 from fcos_jax.model import fcos
@@ -41,7 +43,8 @@ def main(argv=None):
   parser.add_argument('--boxes', type=int, default=20)
   parser.add_argument('--dtype', default='float32')
   parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--peak-tflops', type=float, default=0.0, help='device peak for MFU (H100 bf16 dense: 989)')
+  parser.add_argument('--recipe', default='r50_1x', help='a module of fcos_jax/recipes')
+  parser.add_argument('--peak-tflops', type=float, default=0.0, help='device peak for MFU (H200 bf16 dense: 990)')
   parser.add_argument('--peer-args', default='', help='extra flags for the torchvision run, e.g. "--bf16"')
   parser.add_argument('--grad-accum', type=int, nargs='+', default=[1], help='micro-batches per step (k), each a row')
   parser.add_argument('--no-peer', action='store_true', help='skip the torchvision run')
@@ -50,32 +53,38 @@ def main(argv=None):
   canvas = tuple(args.canvas)
   peer = None if args.no_peer else torchvision_fcos.run('train', args.batch, canvas, args.repeats,
                                                         extra=['--boxes', str(args.boxes), *args.peer_args.split()])
-  rows = []
-  for k in sorted(args.grad_accum, reverse=True):
-    rows.append(measure_step(args, canvas, k))
-    print(f'k={k}: compiled in {rows[-1]["compile_s"]:.1f} s, {rows[-1].get("ms_median", float("nan")):,.0f} ms/step',
-          flush=True)
   if peer:
-    for row in rows:
-      row['x_torchvision'] = row['ms_median'] / peer['ms_median']
-    rows.insert(0, {'impl': 'torchvision', 'batch': peer['batch'], 'dtype': 'bf16 autocast' if peer['bf16'] else
-                    'float32', **{k: peer[k] for k in ('ms_median', 'ms_p90', 'ms_min', 'ms_max', 'images_per_s')},
-                    'peak_memory_gib': peer.get('peak_gpu_gib', peer['peak_rss_gib'])})
-  note = (f'{jax.devices()[0].device_kind} x{jax.device_count()}, canvas {canvas}, {args.boxes} boxes per image, '
-          f'median of {args.repeats} steps after one warm-up; peak memory: GPU peak in use, or process RSS on CPU '
-          f'(cumulative over the rows, largest k first); load average {os.getloadavg()[0]:.1f} at the end')
-  timing.report('train_step', rows, ['impl', 'batch', 'k', 'micro_batch', 'dtype', 'compile_s', 'ms_median', 'ms_p90',
-                                     'ms_min', 'ms_max', 'images_per_s', 'gflops_per_image', 'mfu', 'xla_temp_gib',
-                                     'xla_memory_gib', 'peak_memory_gib', 'x_torchvision'], note)
+    timing.progress(f'torchvision: {peer["ms_median"]:,.1f} ms/step')
+  rows = []
+  if peer:
+    rows.append({'impl': 'torchvision', 'recipe': 'fcos_resnet50_fpn', 'batch': peer['batch'],
+                 'dtype': 'bf16 autocast' if peer['bf16'] else 'float32',
+                 **{k: peer[k] for k in ('ms_median', 'ms_p90', 'ms_min', 'ms_max', 'images_per_s')},
+                 'peak_memory_gib': peer.get('peak_gpu_gib', peer['peak_rss_gib'])})
+  ks = sorted(args.grad_accum, reverse=True)
+  for k in ks:
+    rows.append(measure_step(args, canvas, k))
+    if peer and 'ms_median' in rows[-1]:
+      rows[-1]['x_torchvision'] = rows[-1]['ms_median'] / peer['ms_median']
+    timing.progress(f'{args.recipe} {args.dtype} k={k}: compiled in {rows[-1]["compile_s"]:.1f} s, '
+                    f'{rows[-1].get("ms_median", float("nan")):,.1f} ms/step')
+    note = (f'{jax.devices()[0].device_kind} x{jax.device_count()}, canvas {canvas}, {args.boxes} boxes per image, '
+            f'median of {args.repeats} steps after one warm-up; peak memory: GPU peak in use, or process RSS on CPU '
+            f'(cumulative over the rows, largest k first); load average {os.getloadavg()[0]:.1f} at the end')
+    timing.report('train_step', rows, ['impl', 'recipe', 'batch', 'k', 'micro_batch', 'dtype', 'compile_s',
+                                       'ms_median', 'ms_p90', 'ms_min', 'ms_max', 'images_per_s', 'gflops_per_image',
+                                       'mfu', 'xla_temp_gib', 'xla_memory_gib', 'peak_memory_gib', 'x_torchvision'],
+                  note, echo=k == ks[-1])
 
 
 def measure_step(args, canvas, k):
   """One row: the R50 train step at global batch args.batch in k micro-batches."""
-  config = r50_1x.get_config()
+  config = importlib.import_module(f'fcos_jax.recipes.{args.recipe}').get_config()
   config.model.dtype = args.dtype
   config.train.batch_size = args.batch
   config.train.grad_accum_steps = k
   config.data.resize_on = 'host'  # The batch holds canvases; the device-side resize is timed by input_pipeline.py.
+  config.data.pad_group = math.gcd(config.data.pad_group, args.batch)  # Batch 1 (CPU): each image its own group.
   config_lib.validate(config)
   mesh = runtime.create_mesh()
   model = fcos.build_model(config.model)
@@ -97,8 +106,8 @@ def measure_step(args, canvas, k):
     holder[0], metrics = compiled(holder[0], batch)
     jax.block_until_ready(metrics)
 
-  row = {'impl': 'fcos_jax', 'batch': args.batch, 'k': k, 'micro_batch': args.batch // k, 'dtype': args.dtype,
-         'compile_s': compile_s}
+  row = {'impl': 'fcos_jax', 'recipe': args.recipe, 'batch': args.batch, 'k': k, 'micro_batch': args.batch // k,
+         'dtype': args.dtype, 'compile_s': compile_s}
   if k == 1:  # XLA's cost analysis counts a loop body once, whatever its trip count: no FLOPs for k > 1.
     row['gflops_per_image'] = flops / args.batch / 1e9
   if not args.compile_only:
