@@ -45,6 +45,7 @@ SUITES = {
         Case('postprocess', 'postprocess', []),
         Case('input_pipeline', 'input_pipeline', [], needs='tensorflow'),
         Case('dcn', 'dcn', []),
+        Case('loop_overhead', 'loop_overhead', [], needs='tensorflow'),
     ],
     'gpu': [
         Case('train_step', 'train_step', [*GPU_TRAIN, '--dtype', 'bfloat16',
