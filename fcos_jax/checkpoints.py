@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class DataStateHandler(ocp.CheckpointHandler):
   """
 
   def save(self, directory, args):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorFlow only for training's data item)
     target = pathlib.Path(directory) / f'process_{jax.process_index()}'
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as local:  # TF writes its own shards; copied as they are.
@@ -47,10 +48,10 @@ class DataStateHandler(ocp.CheckpointHandler):
         (target / name).write_bytes(pathlib.Path(local, name).read_bytes())
 
   def restore(self, directory, args):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorFlow only for training's data item)
     prefix = pathlib.Path(directory) / f'process_{jax.process_index()}' / 'state'
     if not tf.io.gfile.exists(f'{prefix}.index'):
-      raise FileNotFoundError(f'No data iterator state for process {jax.process_index()} in {directory} (was it saved '
+      raise errors.DataError(f'No data iterator state for process {jax.process_index()} in {directory} (was it saved '
                               f'by a run with another number of processes?)')
     tf.train.Checkpoint(iterator=args.iterator).read(str(prefix)).assert_consumed()
     return args.iterator
@@ -179,7 +180,7 @@ def _step_directory(path):
   """`path` itself if it is one step of a checkpoint, else the latest step of the CheckpointManager directory."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'No checkpoint directory at {path}')
+    raise errors.MissingFileError(f'No checkpoint directory at {path}')
   if os.path.isdir(os.path.join(path, 'variables')):
     return path
   # The manager's finished steps, by their directory names (unfinished ones carry a suffix). Listing them, rather
@@ -187,7 +188,7 @@ def _step_directory(path):
   # its processes join (jax.distributed must be initialised before any JAX backend).
   steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
   if not steps:
-    raise FileNotFoundError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
+    raise errors.MissingFileError(f'{path} holds no checkpoint steps (expected an orbax CheckpointManager directory)')
   return os.path.join(path, str(max(steps)))
 
 
@@ -211,15 +212,45 @@ def config_from_checkpoint(path, config=None):
   return config_lib.from_dict(metadata['config'])
 
 
+def _storage_error(error):
+  """The first line of the storage layer's status message (TensorStore's 'OUT_OF_RANGE: ...', 'DATA_LOSS: ...') in
+  the chain of `error`, or None if the chain has none."""
+  while error is not None:
+    if re.match(r'[A-Z_]+: ', str(error)):
+      return str(error).splitlines()[0]
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def _read_raw_variables(path):
   """The `variables` item of a step directory, or of the latest step of a CheckpointManager directory, as arrays on
-  this process's first device, whatever mesh saved them (e.g. a multi-host training run)."""
-  item = os.path.join(_step_directory(path), 'variables')
+  this process's first device, whatever mesh saved them (e.g. a multi-host training run). A file of it that cannot
+  be read (truncated, damaged) is a DataError naming the step and the file."""
+  step = _step_directory(path)
+  item = os.path.join(step, 'variables')
   handler = ocp.StandardCheckpointHandler()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                  handler.metadata(pathlib.Path(item)))
-  return ocp.StandardCheckpointer().restore(item, target)
+  try:
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                    handler.metadata(pathlib.Path(item)))
+    with ocp.StandardCheckpointer() as checkpointer:  # Closed on failure too: no thread outlives the error.
+      return checkpointer.restore(item, target)
+  except Exception as e:  # orbax wraps TensorStore's read errors in a bare Exception; anything else propagates.
+    status = _storage_error(e)
+    if status is None:
+      raise
+  _discard_pending_reads()  # After the except block: the error no longer holds the reads' frames.
+  raise errors.DataError(f'Checkpoint step {os.path.basename(step)} ({step}) is unreadable: {status}')
+
+
+def _discard_pending_reads():
+  """Finalizes, silently, the array reads orbax left pending when one failed. Closing one makes orbax raise again
+  (it catches BaseException), which Python would otherwise print at exit, ~50 lines per read."""
+  hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
 
 
 def _flat(tree):
@@ -232,7 +263,7 @@ def load_variables(path, abstract_variables, backbone_only=False):
 
   With `backbone_only`, only entries under 'backbone' are read and the others keep the values in
   `abstract_variables` (which must then be real arrays). Missing, unexpected or mis-shaped entries raise
-  ValueError listing their names: nothing is silently left at its initial value.
+  DataError (a ValueError) listing their names: nothing is silently left at its initial value.
   """
   raw = _flat(_read_raw_variables(path))
   want = _flat(abstract_variables)
@@ -246,7 +277,7 @@ def load_variables(path, abstract_variables, backbone_only=False):
     for title, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)):
       if names:
         lines.append(f'  {title} ({len(names)}): ' + ', '.join(names[:20]) + (' ...' if len(names) > 20 else ''))
-    raise ValueError('\n'.join(lines))
+    raise errors.DataError('\n'.join(lines))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_variables)
   values = []
   for p, leaf in leaves:

@@ -2,17 +2,24 @@
 checks that every value must pass before any work starts, and the recipes shipped with the package.
 
 Recipes (`r50_1x`, `r50_dcn_1x`, `r50_ms_2x`, `shapes`) are files in `fcos_jax/recipes/` that start from
-`get_config()` and override fields; the command-line entry points accept a recipe's name or any config file's path.
+`get_config()` and override fields; `load` (what every command calls) takes a recipe's name or any config file's
+path, with `--config.FIELD=VALUE` overrides.
 """
 
 import difflib
+import importlib.machinery
+import importlib.util
 import json
 import logging
 import numbers
 import os
 import re
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
+
+from fcos_jax.errors import ConfigError
 
 
 def get_config():
@@ -141,11 +148,6 @@ def get_config():
   return c
 
 
-class ConfigError(ValueError):
-  """A config that cannot work, or a config file that cannot be found. The message names every bad field, one per
-  line; the command-line entry points print it without a traceback and exit with status 2."""
-
-
 # The values each enumerated field accepts.
 DEPTHS = (18, 34, 50, 101)
 DCN_HEADS = ('none', 'all', 'last')
@@ -228,14 +230,23 @@ def _invalid(problems):
   return f'Invalid config: {problems[0]}' if len(problems) == 1 else 'Invalid config:\n  ' + '\n  '.join(problems)
 
 
-def validate(config, num_devices=None):
+USES = ('train', 'evaluate', 'predict')  # What a command does with a config, which decides what `validate` checks.
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             uses: str = 'train') -> ml_collections.ConfigDict:
   """Raise ConfigError naming every field that cannot work; returns the config for chaining.
 
   Checks the schema (no unknown or missing field, every value of its field's type), every enumerated value, every
   size and count, and the rules between fields. With `num_devices` (known once the processes have joined), also
   that the batches split evenly over the devices; the entry points validate once before that, so that a bad value
-  stops the run before any import of the heavy libraries, data loading or compilation.
+  stops the run before any import of the heavy libraries, data loading or compilation. `uses` (one of USES) leaves
+  out what a command does not use: 'evaluate' the training-only fields, 'predict' (prediction, export, conversion)
+  also the dataset (a converted checkpoint records none).
   """
+  if uses not in USES:
+    raise ValueError(f'uses={uses!r} must be one of {USES}')
+  trains, reads_data = uses == 'train', uses != 'predict'
   problems = _schema_problems(config)
   if problems:  # The checks below rely on every field being there, with its type.
     raise ConfigError(_invalid(problems))
@@ -313,18 +324,19 @@ def validate(config, num_devices=None):
        f'assign.size_bounds {tuple(bounds)} must be {len(STRIDES) - 1} increasing positive values')
 
   # Data.
-  if d.source == 'folder':
+  if reads_data and d.source == 'folder':
     need(bool(d.root), "data.root is empty: set it to a COCO-format folder (or data.source='tfds')")
-  else:
+  elif reads_data:
     need(bool(d.tfds_name), 'data.tfds_name is empty')
-  need(bool(d.train_split) and bool(d.val_split), 'data.train_split and data.val_split must be split names')
-  need(len(d.short_sizes) > 0 and all(_is_int(s) and 0 < s <= d.max_size for s in d.short_sizes)
+  need(not reads_data or (bool(d.train_split) and bool(d.val_split)),
+       'data.train_split and data.val_split must be split names')
+  need((not trains or (len(d.short_sizes) > 0 and all(_is_int(s) and 0 < s <= d.max_size for s in d.short_sizes)))
        and d.eval_short_size <= d.max_size,
        f'data.short_sizes {tuple(d.short_sizes)} and data.eval_short_size={d.eval_short_size} must be positive '
        f'integers, at most data.max_size={d.max_size}')
   need(d.pad_stride >= 1 and STRIDES[-1] % d.pad_stride == 0,
        f'data.pad_stride={d.pad_stride} must divide {STRIDES[-1]} (e.g. 128, or 32 for the IoU recipes)')
-  need(d.pad_group >= 1 and t.batch_size % d.pad_group == 0,
+  need(d.pad_group >= 1 and (not trains or t.batch_size % d.pad_group == 0),
        f'data.pad_group={d.pad_group} must be positive and divide train.batch_size={t.batch_size}')
   need(len(d.canvases) > 0, 'data.canvases is empty')
   for canvas in d.canvases:
@@ -346,7 +358,7 @@ def validate(config, num_devices=None):
   if num_devices is None:
     need(t.batch_size % k == 0, f'train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps={k}')
   else:
-    need(t.batch_size % (k * num_devices) == 0,
+    need(not trains or t.batch_size % (k * num_devices) == 0,
          f'train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps={k} x the {num_devices} devices'
          if k > 1 else f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices')
     need(config.eval.batch_size % num_devices == 0,
@@ -380,6 +392,75 @@ def recipe_path(name_or_path):
   name = os.path.splitext(os.path.basename(name_or_path))[0]
   raise ConfigError(f'No config file {name_or_path!r} and no recipe of that name{_did_you_mean(name, recipe_names())}'
                     f'; recipes: {", ".join(recipe_names())}')
+
+
+def override_path(arg: str) -> str | None:
+  """'train.batch_size' for '--config.train.batch_size=8' or '--noconfig.data.flip'; None for other arguments."""
+  name = arg.split('=', 1)[0].lstrip('-')
+  name = name[2:] if name.startswith('noconfig.') else name
+  return name[len('config.'):] if name.startswith('config.') else None
+
+
+def _load_file(path):
+  """`get_config()` of the Python file at `path`; any error in the file is reported as a ConfigError naming it."""
+  name = 'fcos_jax_config_' + os.path.splitext(os.path.basename(path))[0]
+  try:
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+    loader.exec_module(module)
+    return module.get_config()
+  except Exception as e:  # The user's code: whatever it raises is reported as a problem of that file.
+    raise ConfigError(f'Config file {path}: {type(e).__name__}: {e}') from e
+
+
+def _override_problem(arg, schema):
+  """The problem of one `--config.FIELD[=VALUE]` argument that ml_collections would report unreadably, or None."""
+  path = override_path(arg)
+  if unknown_field_problem(path):
+    return unknown_field_problem(path)
+  if isinstance(schema.get(path), bool) and '=' in arg:
+    value = arg.split('=', 1)[1]
+    if value.lower() not in ('true', 'false', 't', 'f', '1', '0'):  # What absl's boolean flags accept.
+      return f'{arg}: {path} must be true or false'
+  return None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
+  """Sets the `--config.FIELD=VALUE` overrides on `config` with ml_collections' parsers (types kept)."""
+  schema = _leaves(get_config())
+  problems = [_override_problem(arg, schema) for arg in overrides if override_path(arg)]
+  problems = [p for p in problems if p]
+  if problems:
+    raise ConfigError('\n'.join(problems))
+  argv = ['fcos', *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_dict('config', config, flag_values=values, sys_argv=argv, lock_config=True)
+  try:
+    values(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    message = str(e)[len('flag '):] if str(e).startswith('flag ') else str(e)
+    raise ConfigError(message) from e
+  return config
+
+
+# Fields holding paths: made absolute when a config is loaded, so that a checkpoint or config.json records where
+# the run's files were, whatever directory a later command runs from. (The per-split data.*_images and
+# data.*_annotations are relative to data.root on purpose.)
+PATH_FIELDS = ('data.root', 'data.tfds_data_dir', 'train.init_checkpoint')
+
+
+def load(name_or_path: str | None = None, overrides=(), recorded: ml_collections.ConfigDict | None = None,
+         uses: str = 'train') -> ml_collections.ConfigDict:
+  """The config every command runs with: a recipe's name or a config file's path (else `recorded`, e.g. a
+  checkpoint's config), with the `--config.FIELD=VALUE` `overrides`, validated for what the command `uses` (all but
+  the device count, checked once the processes have joined), its paths made absolute."""
+  config = recorded if name_or_path is None else _load_file(recipe_path(name_or_path))
+  config = validate(apply_overrides(config, overrides), uses=uses)
+  for path in PATH_FIELDS:
+    section, field = path.split('.')
+    if config[section][field]:
+      config[section][field] = os.path.abspath(os.path.expanduser(config[section][field]))
+  return config
 
 
 def to_dict(config):

@@ -3,7 +3,6 @@ pycocotools box metrics, written to the workdir."""
 
 import contextlib
 import io
-import json
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import checkpoints, predict, resize, runtime
+from fcos_jax import atomic, checkpoints, predict, resize, runtime
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
@@ -131,13 +130,13 @@ def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None,
     return {}
   print(flush=True)
   suffix = '' if step is None else f'_step{step}'
-  with open(os.path.join(workdir, f'results{suffix}.json'), 'w') as f:
-    json.dump(results, f)
+  os.makedirs(workdir, exist_ok=True)
+  atomic.write_json(os.path.join(workdir, f'results{suffix}.json'), results)
   metrics = {**coco_evaluate(info.coco_gt, results, image_ids=image_ids), 'unreadable_images': num_unreadable}
   skipped = dataset.stats.summary()  # This process's files; the count is over all processes.
-  with open(os.path.join(workdir, f'metrics{suffix}.json'), 'w') as f:
-    json.dump({'step': step, 'num_images': len(image_ids), **metrics, 'unreadable_files': skipped['skipped_files']},
-              f, indent=1)
+  atomic.write_json(os.path.join(workdir, f'metrics{suffix}.json'),
+                    {'step': step, 'num_images': len(image_ids), **metrics,
+                     'unreadable_files': skipped['skipped_files']}, 1)
   unreadable = f', {num_unreadable} of them unreadable (scored as missed)' if num_unreadable else ''
   print(f'COCO box AP {metrics["AP"]:.4f}, AP50 {metrics["AP50"]:.4f} on {len(image_ids)} images{unreadable}'
         + ('' if step is None else f' (step {step})'), flush=True)
@@ -149,13 +148,14 @@ def evaluate_checkpoint(config, workdir, checkpoint=None):
 
   `config` None takes the config recorded in the checkpoint (its data fields name the evaluation split). The class
   names the checkpoint records map its labels to the split's categories by name (by position if it has none).
+  Evaluation never generates data (data.generate_synthetic is ignored): a missing dataset is an error naming it.
   """
   path = checkpoint or os.path.join(workdir, 'checkpoints')
-  config = checkpoints.config_from_checkpoint(path, config)
+  config = checkpoints.config_from_checkpoint(path, config).copy_and_resolve_references()
+  config.data.generate_synthetic = False
   class_names = (checkpoints.read_metadata(path) or {}).get('class_names')
   runtime.initialize_distributed(config)
-  config_lib.validate(config, jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate(config, jax.device_count(), uses='evaluate')
   model = fcos.build_model(config.model)
   abstract = jax.eval_shape(lambda: fcos.init_variables(model, 0))
   variables = checkpoints.load_variables(path, abstract)

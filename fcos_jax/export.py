@@ -14,20 +14,16 @@ ONNX (opset 18, for onnxruntime) is written by our own jaxpr translator (`fcos_j
 decode traced from the same function); its detections come from ONNX's NonMaxSuppression plus a top-K
 (`onnx_export.detections_head`), the same detections as `postprocess.detect` for 'fast' (see there for 'paddle').
 
-  python -m fcos_jax.export --checkpoint CKPT --out DIR --format stablehlo|savedmodel|onnx [--canvas H W]
+  fcos-export --checkpoint CKPT --out DIR --format stablehlo|savedmodel|onnx [--canvas H W]   (fcos_jax.commands.export)
 """
 
-import argparse
 import contextlib
-import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from fcos_jax import checkpoints, locations, predict
+from fcos_jax import atomic, errors, locations, predict
 from fcos_jax.model import fcos
 
 FORMATS = {'stablehlo': 'model.stablehlo', 'savedmodel': 'saved_model', 'onnx': 'model.onnx'}
@@ -57,7 +53,7 @@ def export_stablehlo(fn, canvas, path):
 def _stablehlo_12_weeks_old():
   """Serialize StableHLO 12 weeks old instead of jax.export's 4: TensorFlow's XlaCallModule lags JAX (TF 2.21 reads
   StableHLO <= 1.13.7, jax 0.10.2 writes 1.15.0 by default)."""
-  from jax._src.export import _export  # pylint: disable=g-import-not-at-top
+  from jax._src.export import _export  # pylint: disable=g-import-not-at-top  (private: only for this workaround)
   hlo = _export.hlo
   real = hlo.get_version_from_compatibility_requirement
   hlo.get_version_from_compatibility_requirement = lambda _: real(hlo.StablehloCompatibilityRequirement.WEEK_12)
@@ -74,8 +70,8 @@ def export_savedmodel(fn, canvas, path):
   The module is exported for one image and mapped over the batch (tf.map_fn): TF 2.21's XlaCallModule cannot
   refine a batch-polymorphic lax.top_k as jax 0.10 serializes it ("Module has dynamic shapes").
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorFlow only for the SavedModel format)
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top  (needs TensorFlow)
   h, w = canvas
   one = jax2tf.convert(lambda image, size: jax.tree_util.tree_map(lambda x: x[0], fn(image[None], size[None])),
                        with_gradient=False, native_serialization_platforms=PLATFORMS)
@@ -97,7 +93,7 @@ def export_onnx(config, variables, canvas, path, outputs):
   """An ONNX model (symbolic dim 'batch') computing `make_detect_fn`'s 'points', then, for 'detections', the
   NonMaxSuppression head; run it with `onnxruntime.InferenceSession(path).run(None, {'images': .., 'sizes': ..})`."""
   try:
-    from fcos_jax import onnx_export  # pylint: disable=g-import-not-at-top
+    from fcos_jax import onnx_export  # pylint: disable=g-import-not-at-top  (the optional onnx package)
   except ImportError as e:
     raise ImportError(f"the onnx format needs the onnx package: pip install 'fcos_jax[export]' ({e})") from None
   head = None
@@ -146,56 +142,32 @@ def contract(fmt, config, canvas, class_names, category_ids, outputs):
           'boxes': 'xyxy canvas pixels; original pixels: x / (new_w / w), y / (new_h / h); keep rows where valid'}}
 
 
-def export(config, variables, fmt, out, canvas=None, class_names=None, category_ids=None, outputs='detections'):
-  """Writes `fmt` (stablehlo, savedmodel or onnx) and contract.json into directory `out`; returns the model path."""
-  if fmt not in FORMATS:
-    raise ValueError(f'format {fmt!r} must be one of {", ".join(FORMATS)}')
+def check_canvas(config, canvas=None) -> tuple[int, int]:
+  """The export canvas (H, W): `canvas`, default the first of data.canvases; a ConfigError unless both are positive
+  multiples of the largest stride."""
   canvas = tuple(int(v) for v in (canvas or config.data.canvases[0]))
   if any(v <= 0 or v % max(config.model.strides) for v in canvas):
-    raise ValueError(f'canvas {canvas} must be (H, W) multiples of {max(config.model.strides)}')
+    raise errors.ConfigError(f'canvas {canvas[0]} {canvas[1]} must be (H, W) multiples of {max(config.model.strides)}')
+  return canvas
+
+
+def export(config, variables, fmt: str, out: str, canvas=None, class_names=None, category_ids=None,
+           outputs: str = 'detections') -> str:
+  """Writes `fmt` (stablehlo, savedmodel or onnx) and contract.json into directory `out` (both whole, or nothing
+  new on failure); returns the model path."""
+  if fmt not in FORMATS:
+    raise ValueError(f'format {fmt!r} must be one of {", ".join(FORMATS)}')
+  canvas = check_canvas(config, canvas)
   num_classes = config.model.num_classes
   class_names = class_names or [f'class_{i}' for i in range(num_classes)]
   category_ids = category_ids or list(range(num_classes))
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, FORMATS[fmt])
-  if fmt == 'onnx':
-    export_onnx(config, variables, canvas, path, outputs)
-  else:
-    fn = serving_function(config, variables, outputs)
-    (export_stablehlo if fmt == 'stablehlo' else export_savedmodel)(fn, canvas, path)
-  with open(os.path.join(out, 'contract.json'), 'w') as f:
-    json.dump(contract(fmt, config, canvas, class_names, category_ids, outputs), f, indent=1)
-  return path
-
-
-def main(argv=None):
-  """`python -m fcos_jax.export --checkpoint CKPT --out DIR --format FORMAT`; returns the exit status."""
-  parser = argparse.ArgumentParser(prog='fcos-export', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--checkpoint', required=True, help='checkpoint directory (training run or converted)')
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--format', required=True, choices=sorted(FORMATS))
-  parser.add_argument('--canvas', type=int, nargs=2, metavar=('H', 'W'),
-                      help='fixed canvas (default: the first of data.canvases)')
-  parser.add_argument('--outputs', choices=('detections', 'points'), default='detections')
-  parser.add_argument('--config', help='recipe name or config file (required for checkpoints without metadata)')
-  args = parser.parse_args(argv)
-  from fcos_jax import cli  # pylint: disable=g-import-not-at-top
-  try:
-    config = cli.load_config(args.config) if args.config else None
-    metadata = checkpoints.read_metadata(args.checkpoint) or {}
-    config = checkpoints.config_from_checkpoint(args.checkpoint, config)
-  except cli.USER_ERRORS as e:  # A bad checkpoint or config: one message, as the other commands print it.
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  model = fcos.build_model(config.model)
-  variables = checkpoints.load_variables(args.checkpoint, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
-  variables = jax.tree_util.tree_map(np.asarray, variables)
-  path = export(config, variables, args.format, args.out, args.canvas, metadata.get('class_names'),
-                metadata.get('category_ids'), args.outputs)
-  print(f'wrote {path} and {os.path.join(args.out, "contract.json")}')
-  return 0
-
-
-if __name__ == '__main__':
-  raise SystemExit(main())
+  with atomic.directory(out) as staging:
+    path = os.path.join(staging, FORMATS[fmt])
+    if fmt == 'onnx':
+      export_onnx(config, variables, canvas, path, outputs)
+    else:
+      fn = serving_function(config, variables, outputs)
+      (export_stablehlo if fmt == 'stablehlo' else export_savedmodel)(fn, canvas, path)
+    atomic.write_json(os.path.join(staging, 'contract.json'),
+                      contract(fmt, config, canvas, class_names, category_ids, outputs), 1)
+  return os.path.join(out, FORMATS[fmt])

@@ -6,11 +6,10 @@ user needs around it: decoding (gray, RGBA, CMYK -> RGB, as the input pipeline d
 (`fcos_jax.data.transforms.resize`, the same TensorFlow ops, so the same pixels), canvas buckets, batches padded to a
 fixed size (one compiled program per canvas, reused), and boxes mapped back to the original pixels.
 
-`python -m fcos_jax.predict --checkpoint CKPT INPUTS... --out DIR` draws and writes the detections (see `main`).
+`fcos-predict --checkpoint CKPT INPUTS... --out DIR` draws and writes the detections (fcos_jax.commands.predict).
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -61,7 +60,7 @@ class UnreadableImageError(ValueError):
 
 
 def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (off the export and evaluation step paths)
   return tf
 
 
@@ -69,7 +68,7 @@ def decode(encoded, name):
   """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (tf.io.decode_image with 3
   channels: gray repeated, alpha dropped, CMYK JPEGs converted); raises UnreadableImageError naming `name`."""
   tf = _tf()
-  from fcos_jax.data import coco  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import coco  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   problem = coco.integrity_problem(tf.constant(encoded)).numpy().decode()
   if problem:
     raise UnreadableImageError(f'{name}: {problem}')
@@ -131,7 +130,7 @@ class Predictor:
   """
 
   def __init__(self, config, variables, class_names=None, category_ids=None, batch_size=None):
-    config_lib.validate(config, num_devices=1)
+    config_lib.validate(config, num_devices=1, uses='predict')
     num_classes = config.model.num_classes
     self.config = config
     self.class_names = list(class_names or [f'class_{i}' for i in range(num_classes)])
@@ -162,7 +161,7 @@ class Predictor:
     """uint8 RGB [h, w, 3] -> (resized uint8 [h', w', 3], scale float32 [2] (sy, sx)), evaluation's resize."""
     if self._resize is None:
       tf = _tf()
-      from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+      from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
       d = self.config.data
       self._resize = tf.function(
           lambda img: transforms.resize(img, tf.zeros([0, 4]), d.eval_short_size, d.max_size)[::2],
@@ -172,7 +171,7 @@ class Predictor:
 
   def canvas_of(self, image_size):
     """The canvas (H, W) of an original image size (h, w): the bucket evaluation puts it in."""
-    from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+    from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     return self.canvases[int(transforms.canvas_index(np.asarray(image_size), self.canvases))]
 
   def predict(self, images, names=None):
@@ -217,136 +216,3 @@ class Predictor:
                                 detections['scores'][slot][keep], classes,
                                 [self.class_names[c] for c in classes], tuple(images[i].shape[:2]))
     return results
-
-
-# --- Command line ---------------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
-
-
-def expand_inputs(patterns):
-  """Files, folders (searched recursively for IMAGE_EXTENSIONS) and globs -> (files in order, unmatched args)."""
-  import glob  # pylint: disable=g-import-not-at-top
-  files, unmatched = [], []
-  for pattern in patterns:
-    if os.path.isdir(pattern):
-      found = sorted(os.path.join(d, f) for d, _, names in os.walk(pattern) for f in names
-                     if f.lower().endswith(IMAGE_EXTENSIONS))
-    elif os.path.exists(pattern):
-      found = [pattern]
-    else:
-      found = sorted(f for f in glob.glob(pattern, recursive=True)
-                     if os.path.isfile(f) and f.lower().endswith(IMAGE_EXTENSIONS))
-    files += found
-    if not found:
-      unmatched.append(pattern)
-  return list(dict.fromkeys(files)), unmatched
-
-
-def _write_atomically(path, write):
-  """Runs write(temporary path), then renames it to `path`: a file is either whole or absent."""
-  tmp = f'{path}.partial'
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _unique_name(file, taken):
-  stem = os.path.splitext(os.path.basename(file))[0]
-  name, n = stem, 1
-  while name in taken:
-    n += 1
-    name = f'{stem}_{n}'
-  taken.add(name)
-  return name
-
-
-def _write_json(path, value, indent=None):
-  def write(tmp):
-    with open(tmp, 'w') as f:
-      json.dump(value, f, indent=indent)
-  _write_atomically(path, write)
-
-
-def main(argv=None):
-  """`python -m fcos_jax.predict --checkpoint CKPT INPUTS... --out DIR`: detect, draw, write json; exit status."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
-      prog='fcos-predict', description='Detect objects in images with an fcos_jax checkpoint; writes '
-      'OUT/NAME.jpg with the detections drawn, OUT/results.json (COCO results, all detections) and OUT/images.json '
-      '(image_id -> file, size), plus OUT/NAME.json per image with --per-image-json.')
-  parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or glob patterns')
-  parser.add_argument('--checkpoint', required=True, help='checkpoint directory (training run or converted)')
-  parser.add_argument('--out', required=True, help='output directory (created)')
-  parser.add_argument('--config', help='recipe name or config file: required for checkpoints without metadata, '
-                      'otherwise overrides the recorded config')
-  parser.add_argument('--threshold', type=float, default=0.3, help='score threshold for drawing and per-image json')
-  parser.add_argument('--per-image-json', action='store_true', help='also write OUT/NAME.json for every image')
-  parser.add_argument('--batch-size', type=int, default=None, help='images per batch (default eval.batch_size)')
-  args = parser.parse_args(argv)
-  from fcos_jax import draw  # pylint: disable=g-import-not-at-top
-  files, unmatched = expand_inputs(args.inputs)
-  skipped = [f'{p}: no such file, folder or matching image' for p in unmatched]
-  for message in skipped:
-    print(f'skipping {message}', file=sys.stderr)
-  if not files:
-    print('no images to read', file=sys.stderr)
-    return 1
-  from fcos_jax import cli  # pylint: disable=g-import-not-at-top
-  try:
-    config = cli.load_config(args.config) if args.config else None
-    predictor = Predictor.from_checkpoint(args.checkpoint, config, batch_size=args.batch_size)
-  except cli.USER_ERRORS as e:  # A bad checkpoint or config: one message, as the other commands print it.
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  os.makedirs(args.out, exist_ok=True)
-  results, images, taken, start = [], [], set(), time.perf_counter()
-  chunk = 4 * predictor.batch_size
-  for first in range(0, len(files), chunk):
-    loaded = []
-    for file in files[first:first + chunk]:
-      try:
-        loaded.append((file, load_image(file)[0]))
-      except (UnreadableImageError, ValueError) as e:
-        skipped.append(str(e))
-        print(f'\nskipping {e}', file=sys.stderr)
-    predictions = predictor.predict_arrays([image for _, image in loaded], [file for file, _ in loaded])
-    for (file, image), pred in zip(loaded, predictions):
-      image_id, name = len(images), _unique_name(file, taken)
-      images.append({'id': image_id, 'file_name': os.path.abspath(file), 'height': pred.image_size[0],
-                     'width': pred.image_size[1]})
-      categories = [predictor.category_ids[c] for c in pred.classes]
-      xywh = np.concatenate([pred.boxes[:, :2], pred.boxes[:, 2:] - pred.boxes[:, :2]], axis=1).round(2)
-      results += [{'image_id': image_id, 'category_id': c, 'bbox': b, 'score': s}
-                  for c, b, s in zip(categories, xywh.tolist(), pred.scores.astype(float).tolist())]
-      shown = pred.scores >= args.threshold
-      picture = draw.draw(image, pred.boxes[shown], pred.scores[shown], pred.classes[shown],
-                          [n for n, s in zip(pred.class_names, shown) if s])
-      _write_atomically(os.path.join(args.out, f'{name}.jpg'), lambda tmp, p=picture: p.save(tmp, 'JPEG', quality=92))
-      if args.per_image_json:
-        _write_json(os.path.join(args.out, f'{name}.json'), {
-            'file': os.path.abspath(file), 'height': pred.image_size[0], 'width': pred.image_size[1],
-            'threshold': args.threshold, 'detections': [
-                {'box_xyxy': b, 'score': s, 'class_id': int(c), 'class_name': n, 'category_id': k}
-                for b, s, c, n, k, keep in zip(pred.boxes.round(2).tolist(), pred.scores.astype(float).tolist(),
-                                               pred.classes, pred.class_names, categories, shown) if keep]}, 1)
-    rate = len(images) / max(time.perf_counter() - start, 1e-9)
-    done = min(first + chunk, len(files))
-    sys.stderr.write(f'\rpredicting [{"#" * (30 * done // len(files)):<30s}] {done}/{len(files)} images, '
-                     f'{rate:.1f} images/s')
-    sys.stderr.flush()
-  sys.stderr.write('\n')
-  _write_json(os.path.join(args.out, 'results.json'), results)
-  _write_json(os.path.join(args.out, 'images.json'), images, 1)
-  print(f'{len(images)} images, {len(results)} detections written to {args.out}'
-        + (f'; skipped {len(skipped)} unreadable input(s):\n  ' + '\n  '.join(skipped) if skipped else ''))
-  return 0 if images else 1
-
-
-if __name__ == '__main__':
-  raise SystemExit(main())

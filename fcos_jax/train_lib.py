@@ -154,8 +154,7 @@ def train_and_evaluate(config, workdir):
 
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
-  workdir_lib.remember_config(config, workdir)  # Cheap checks first: a resume of another model stops at once.
+  workdir_lib.check_resume(config, workdir)  # Cheap checks first: a resume of another model stops at once.
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
     check.stop_on_problems(config)
@@ -175,6 +174,8 @@ def train_and_evaluate(config, workdir):
   input_stop = (lambda: stop.reason is not None) if jax.process_count() == 1 else None
   dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count(), stop=input_stop)
   data_iterator = iter(dataset)
+  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.remember_config(config, workdir)  # Training really starts: config.json records it.
   manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
   source, split = pipeline.make_source(config), config.data.train_split
   class_names = source.class_names(split)  # Recorded in the checkpoints; evaluation maps them by name.

@@ -8,6 +8,9 @@ intervals, data.root, the optimiser, ...) may change, and config.json then recor
 import json
 import os
 
+import ml_collections
+
+from fcos_jax import atomic
 from fcos_jax import config as config_lib
 from fcos_jax import runtime
 
@@ -42,9 +45,9 @@ def _has_checkpoint(workdir):
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))  # orbax: one per step.
 
 
-def remember_config(config, workdir):
-  """Checks a resume against the saved config.json (ConfigError listing the differences), then process 0 writes
-  the config of this run there. Called at the start of training, before any work."""
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A ConfigError listing the differences if `workdir` holds checkpoints of a run that `config` cannot resume
+  (see RESUME_FIXED). Reads only: called at the start of training, before any work."""
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path) and _has_checkpoint(workdir):
     with open(path) as f:
@@ -53,7 +56,12 @@ def remember_config(config, workdir):
       raise config_lib.ConfigError(
           f'{workdir} holds checkpoints of a run with another model, assignment or data shape; resuming would '
           f'mix them. Use a new --workdir, or the saved values ({path}):\n  ' + '\n  '.join(differences))
+
+
+def remember_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """`check_resume`, then process 0 writes the config of this run to workdir/config.json (whole or not at all).
+  Called once training really starts (the data found, the input pipeline built), so that a run that fails its
+  checks leaves no config.json behind."""
+  check_resume(config, workdir)
   if runtime.is_main_process():
-    with open(path + '.tmp', 'w') as f:
-      json.dump(config_lib.to_dict(config), f, indent=1)
-    os.replace(path + '.tmp', path)
+    atomic.write_json(os.path.join(workdir, CONFIG_FILE), config_lib.to_dict(config), 1)

@@ -44,10 +44,10 @@ echo "== torch";   .venv-torch/bin/python parity/torch_reference.py "$WORK"
 .venv-torch/bin/python parity/dcn_torch_reference.py "$WORK"
 echo "== convert"
 for arch in fcos_r50 fcos_dcn_r50 resnet50; do
-  "${JAX_PY[@]}" -m fcos_jax.convert paddle "$WORK/paddle_$arch.pdparams" "$WORK/ckpt_paddle_$arch" --arch $arch
+  "${JAX_PY[@]}" -m fcos_jax.commands.convert paddle "$WORK/paddle_$arch.pdparams" "$WORK/ckpt_paddle_$arch" --arch $arch
 done
-"${JAX_PY[@]}" -m fcos_jax.convert torchvision "$WORK/torch_fcos_r50.pth" "$WORK/ckpt_torch_fcos_r50" --arch fcos_r50
-"${JAX_PY[@]}" -m fcos_jax.convert torchvision "$WORK/torch_resnet50.pth" "$WORK/ckpt_torch_resnet50" --arch resnet50
+"${JAX_PY[@]}" -m fcos_jax.commands.convert torchvision "$WORK/torch_fcos_r50.pth" "$WORK/ckpt_torch_fcos_r50" --arch fcos_r50
+"${JAX_PY[@]}" -m fcos_jax.commands.convert torchvision "$WORK/torch_resnet50.pth" "$WORK/ckpt_torch_resnet50" --arch resnet50
 echo "== compare"
 status=0
 "${JAX_PY[@]}" parity/compare.py "$WORK" || status=$?

@@ -13,8 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fcos_jax import checkpoints, cli
+from fcos_jax import checkpoints, errors
 from fcos_jax import config as config_lib
+from fcos_jax.commands import harness
 from fcos_jax.recipes import shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,7 @@ names = [m.name for m in pkgutil.walk_packages(fcos_jax.__path__, 'fcos_jax.')]
 for name in names:
   importlib.import_module(name)
 assert 'configs' not in sys.modules
-print(len(names), 'cli' in {n.rsplit('.', 1)[-1] for n in names}, 'recipes.r50_1x' in ' '.join(names))
+print(len(names), 'fcos_jax.commands.train' in names, 'recipes.r50_1x' in ' '.join(names))
 """
 
 
@@ -51,12 +52,12 @@ def test_console_scripts_are_declared():
 def test_every_module_imports_outside_the_repository(tmp_path):
   result = run([sys.executable, '-c', IMPORT_EVERY_MODULE], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  count, has_cli, has_recipes = result.stdout.split()
-  assert int(count) >= 30 and has_cli == has_recipes == 'True'
+  count, has_commands, has_recipes = result.stdout.split()
+  assert int(count) >= 30 and has_commands == has_recipes == 'True'
 
 
 @pytest.mark.parametrize('command', [
-    ['train.py'], ['evaluate.py'], ['-m', 'fcos_jax.convert'], *[[script] for script in CONSOLE_SCRIPTS]])
+    ['train.py'], ['evaluate.py'], ['-m', 'fcos_jax.commands.convert'], *[[script] for script in CONSOLE_SCRIPTS]])
 def test_entry_points_answer_help(tmp_path, command):
   if command[0].endswith('.py'):
     command = [sys.executable, os.path.join(REPO, command[0])]
@@ -67,8 +68,7 @@ def test_entry_points_answer_help(tmp_path, command):
   result = run([*command, '--help'], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.startswith('usage: fcos-')
-  if command[-1].endswith(('train', 'evaluate', 'train.py', 'evaluate.py')):
-    assert '--config.FIELD=VALUE' in result.stdout and 'r50_dcn_1x' in result.stdout
+  assert '--config.FIELD=VALUE' in result.stdout and 'r50_dcn_1x' in result.stdout and '--verbose' in result.stdout
 
 
 def train_cli(tmp_path, *args, **env):
@@ -82,6 +82,7 @@ def train_cli(tmp_path, *args, **env):
     (['--config.postprocess.method=fastt'],
      "Invalid config: postprocess.method='fastt' must be one of 'fast', 'paddle' (did you mean 'fast'?)"),
     (['--config.data.max_boxes=0'], 'Invalid config: data.max_boxes=0 must be positive'),
+    (['--config.data.flip=maybe'], '--config.data.flip=maybe: data.flip must be true or false'),
 ])
 def test_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
   result = train_cli(tmp_path, *args)
@@ -163,8 +164,8 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
   for script in CONSOLE_SCRIPTS:
     result = run([str(venv / 'bin' / script), '--help'], tmp_path)
     assert result.returncode == 0 and result.stdout.startswith(f'usage: {script}'), result.stderr[-3000:]
-  result = run([python, '-c', 'from fcos_jax import cli; c = cli.load_config("r50_dcn_1x"); '
-                'print(c.model.dcn_head, cli.load_config("shapes").model.depth)'], tmp_path)
+  result = run([python, '-c', 'from fcos_jax import config; c = config.load("r50_dcn_1x"); '
+                'print(c.model.dcn_head, config.load("shapes").model.depth)'], tmp_path)
   assert result.stdout.split() == ['all', '18'], result.stderr[-3000:]
   result = run([str(venv / 'bin' / 'fcos-evaluate'), '--workdir=w', '--config=r50_1x', '--config.model.depth=51'],
                tmp_path)
@@ -172,23 +173,24 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
 
 
 def test_config_arguments_in_every_form(tmp_path):
-  parser = cli.make_parser('fcos-test', 'test')
+  parser = harness.make_parser('fcos-test', 'test', 'shapes')
   args, rest = parser.parse_known_args([
       '--config.model.freeze_at', '-1', '--noconfig.data.flip', '--config.data.short_sizes=(640, 800)',
       '--config', 'r50_1x', '--config.optimizer.lr=1'])
-  config = cli.load_config(args.config, cli.split_overrides(parser, rest))
+  config = config_lib.load(args.config, harness.split_overrides(parser, rest))
   assert (config.model.freeze_at, config.data.flip, config.data.short_sizes) == (-1, False, (640, 800))
-  assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float) and config.data.root == 'data/coco'
-  assert problem(lambda: cli.load_config('shapes', ['--config.train.eval_every=-2'])) == (
+  assert config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float)
+  assert config.data.root == os.path.abspath('data/coco')  # Paths are recorded absolute.
+  assert problem(lambda: config_lib.load('shapes', ['--config.train.eval_every=-2'])) == (
       'Invalid config: train.eval_every=-2 must be >= 0')
 
   own = tmp_path / 'my_config.py'
   own.write_text('from fcos_jax.recipes import shapes\n\ndef get_config():\n  c = shapes.get_config()\n'
                  '  c.train.num_step = 10\n  return c\n')
-  assert problem(lambda: cli.load_config(str(own))) == (
+  assert problem(lambda: config_lib.load(str(own))) == (
       'Invalid config: train.num_step is not a config field (did you mean train.num_steps?)')
   own.write_text('def get_config():\n  return undefined_name\n')
-  assert problem(lambda: cli.load_config(str(own))) == (
+  assert problem(lambda: config_lib.load(str(own))) == (
       f"Config file {own}: NameError: name 'undefined_name' is not defined")
 
 
@@ -196,3 +198,22 @@ def problem(load):
   with pytest.raises(config_lib.ConfigError) as e:
     load()
   return str(e.value)
+
+
+def test_only_user_errors_are_reported_in_one_line(capsys, monkeypatch):
+  """A file that disappears during a run is a bug or an accident, not a user error: its traceback is kept."""
+  monkeypatch.delenv('FCOS_JAX_DEBUG', raising=False)
+  parser = harness.make_parser('fcos-test', 'test', 'shapes')
+
+  def vanished(args, config):
+    raise FileNotFoundError(2, 'No such file or directory', 'data/shapes/train/000000000001.jpg')
+
+  with pytest.raises(FileNotFoundError):
+    harness.run(vanished, parser, [])
+
+  def missing_input(args, config):
+    raise errors.MissingFileError('No input file x.pdparams')
+
+  with pytest.raises(SystemExit) as exit_:
+    harness.run(missing_input, parser, [])
+  assert exit_.value.code == 2 and capsys.readouterr().err == 'fcos-test: error: No input file x.pdparams\n'

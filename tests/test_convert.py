@@ -3,6 +3,7 @@ enumerated here from ppdet's and torchvision's module structure (not from the co
 the right fcos_jax variables, transposed, and survive the orbax round trip; bad files must fail with the names."""
 
 import collections
+import os
 import pickle
 import sys
 import types
@@ -15,7 +16,7 @@ import pytest
 from fcos_jax import config as config_lib
 from fcos_jax.config import get_config
 from fcos_jax import checkpoints, convert
-from fcos_jax.convert import __main__ as cli
+from fcos_jax.commands import convert as fcos_convert
 from fcos_jax.convert import paddle, torchvision
 from fcos_jax.data import categories
 
@@ -158,7 +159,7 @@ def test_paddle_r50_cli_round_trip(tmp_path):
   assert len(entries) == 324  # As in the released fcos_r50_fpn_1x_coco.pdparams.
   state = fake_state(entries)
   write_pdparams(tmp_path / 'fcos.pdparams', state)
-  cli.main(['paddle', str(tmp_path / 'fcos.pdparams'), str(tmp_path / 'ckpt'), '--arch', 'fcos_r50'])
+  fcos_convert.main(['paddle', str(tmp_path / 'fcos.pdparams'), str(tmp_path / 'ckpt'), '--arch', 'fcos_r50'])
   abstract = convert.abstract_variables(convert.model_config('fcos_r50'))
   assert_landed(checkpoints.load_variables(str(tmp_path / 'ckpt'), abstract), entries, state)
   # The checkpoint carries what evaluation needs: the model and Paddle-exact post-processing, COCO's classes.
@@ -183,7 +184,8 @@ def test_paddle_imagenet_backbone_drops_fc(tmp_path, prefix):
            prefix + 'fc.bias': np.zeros((1000,), np.float32)}
   variables = paddle.convert_state(state, 'resnet50')
   assert_landed(variables, entries, state)
-  checkpoints.save_variables(str(tmp_path), variables, cli.metadata('paddle', 'resnet50'))
+  metadata = fcos_convert.metadata(fcos_convert.converted_config('paddle', 'resnet50'), 'resnet50')
+  checkpoints.save_variables(str(tmp_path), variables, metadata)
   assert checkpoints.read_metadata(str(tmp_path))['class_names'] is None  # A backbone has no classes.
   abstract = convert.abstract_variables(convert.model_config('resnet50'))
   init = jax.tree_util.tree_map(lambda s: np.full(s.shape, 7.0, s.dtype), abstract)
@@ -316,7 +318,11 @@ def test_torch_zip_reader(tmp_path, monkeypatch):
     torchvision._rebuild_tensor(np.zeros(4, np.float32), 2, (3,), (1,))
 
 
-def test_cli_refuses_a_non_empty_output(tmp_path):
+def test_command_refuses_a_non_empty_output(tmp_path, capsys):
   (tmp_path / 'something').write_text('x')
-  with pytest.raises(SystemExit, match='not empty'):
-    cli.main(['paddle', 'missing.pdparams', str(tmp_path), '--arch', 'fcos_r50'])
+  (tmp_path / 'fcos.pdparams').write_bytes(b'')
+  with pytest.raises(SystemExit) as exit_:
+    fcos_convert.main(['paddle', str(tmp_path / 'fcos.pdparams'), str(tmp_path), '--arch', 'fcos_r50'])
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err == f'fcos-convert: error: {tmp_path} exists and is not empty; choose a new directory\n'
+  assert sorted(os.listdir(tmp_path)) == ['fcos.pdparams', 'something']

@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from fcos_jax import cli
+from fcos_jax.commands import train as fcos_train
 from fcos_jax import config as config_lib
 from fcos_jax import train_lib
 from fcos_jax.data import check
@@ -178,8 +178,8 @@ def test_clean_split(clean):
 
 def _run(args, cwd):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  return subprocess.run([sys.executable, '-m', 'fcos_jax.data.check', *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  return subprocess.run([os.path.join(os.path.dirname(sys.executable), 'fcos-check-data'), *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_command_exit_codes(broken, clean, tmp_path):
@@ -211,7 +211,7 @@ def test_training_stops_before_compiling(broken, tmp_path, capsys):
   with pytest.raises(check.DatasetProblems, match=r'in split\(s\) train \(6\)\.'):
     train_lib.train_and_evaluate(c, workdir)
   assert re.search(r'(?s)truncated JPEG.*FAILED: 6 problem\(s\).*split val.*OK', capsys.readouterr().out)
-  assert os.listdir(workdir) == ['config.json']  # Stopped before any work.
+  assert not os.path.exists(workdir)  # Stopped before any work: no workdir, no config.json.
   c.data.source = 'tfds'
   with pytest.raises(ValueError, match="data.check_first needs data.source='folder'"):
     config_lib.validate(c, num_devices=8)
@@ -233,10 +233,10 @@ def test_fcos_train_reports_dataset_problems_as_a_user_error(broken, tmp_path, c
   args = ['--config=shapes', f'--workdir={tmp_path / "w"}', f'--config.data.root={broken[0]}',
           '--config.data.generate_synthetic=false', '--config.data.check_first=true']
   with pytest.raises(SystemExit) as exit_:
-    cli.train_main(args)
+    fcos_train.main(args)
   captured = capsys.readouterr()
   assert exit_.value.code == 2 and 'FAILED: 6 problem(s)' in captured.out
   assert captured.err.splitlines() == ['fcos-train: error: data.check_first: problems that would stop training (see '
                                        'the report above) in split(s) train (6).']
   with pytest.raises(check.DatasetProblems):  # --verbose: the traceback.
-    cli.train_main([*args, '--verbose'])
+    fcos_train.main([*args, '--verbose'])

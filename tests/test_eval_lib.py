@@ -8,7 +8,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import checkpoints, cli, eval_lib
+from fcos_jax import checkpoints, eval_lib
+from fcos_jax.commands import evaluate as fcos_evaluate
 from fcos_jax.data import coco, synthetic
 from fcos_jax.model import fcos
 from tests.test_data_pipeline import NAMES as SHAPES, relabelled_json
@@ -188,7 +189,7 @@ def test_evaluate_scores_the_models_labels_by_category_name(shapes_checkpoint, t
   other = relabelled_json(f'{root}/annotations/instances_val.json', tmp_path / 'val.json',
                           [(c, new_ids[c], name) for c, name, _ in synthetic.CATEGORIES[::-1] if c in new_ids])
   for name, extra in (('same', []), ('other', [f'--config.data.val_annotations={other}'])):
-    cli.evaluate_main([f'--workdir={tmp_path / name}', f'--checkpoint={paths["names"]}', *extra])
+    fcos_evaluate.main([f'--workdir={tmp_path / name}', f'--checkpoint={paths["names"]}', *extra])
   same, other = (json.loads((tmp_path / name / 'results.json').read_text()) for name in ('same', 'other'))
   assert {1, 3, 7, 12} <= {r['category_id'] for r in same}  # Classes the random model detects (not cross).
   assert other == [dict(r, category_id=new_ids[r['category_id']]) for r in same if r['category_id'] != 7]
@@ -204,7 +205,7 @@ def evaluate_command(monkeypatch, capsys, tmp_path, root, checkpoint, categories
 
   monkeypatch.setattr(eval_lib, 'make_eval_step', no_prediction)
   with pytest.raises(SystemExit) as exit_:
-    cli.evaluate_main([f'--workdir={tmp_path / "w"}', f'--checkpoint={checkpoint}',
+    fcos_evaluate.main([f'--workdir={tmp_path / "w"}', f'--checkpoint={checkpoint}',
                        f'--config.data.val_annotations={path}'])
   return exit_.value.code, capsys.readouterr().err.splitlines()
 

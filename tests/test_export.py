@@ -117,13 +117,16 @@ def test_export_of_per_point_outputs(model_and_inputs, fmt, tmp_path):
       assert np.abs(got[f'{key}_{batch}'] - want[key]).max() / np.abs(want[key]).max() < 1e-4
 
 
+FCOS_EXPORT = os.path.join(os.path.dirname(sys.executable), 'fcos-export')
+
+
 def test_export_command(model_and_inputs, tmp_path):
   config, variables, _, _ = model_and_inputs
   checkpoints.save_variables(str(tmp_path / 'ckpt'), variables,
                              checkpoints.make_metadata(config, ['x', 'y', 'z'], [7, 8, 9]))
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run([sys.executable, '-m', 'fcos_jax.export', '--checkpoint', str(tmp_path / 'ckpt'), '--out',
+  proc = subprocess.run([FCOS_EXPORT, '--checkpoint', str(tmp_path / 'ckpt'), '--out',
                          str(tmp_path / 'out'), '--format', 'stablehlo', '--canvas', '256', '128'],
                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,7 +134,7 @@ def test_export_command(model_and_inputs, tmp_path):
   assert contract['canvas'] == [256, 128] and contract['class_names'] == ['x', 'y', 'z']
   exported = jax.export.deserialize((tmp_path / 'out' / 'model.stablehlo').read_bytes())
   assert exported.platforms == ('cpu', 'cuda') and str(exported.in_avals[0].shape[0]) == 'b'
-  proc = subprocess.run([sys.executable, '-m', 'fcos_jax.export', '--checkpoint', str(tmp_path / 'ckpt'), '--out',
+  proc = subprocess.run([FCOS_EXPORT, '--checkpoint', str(tmp_path / 'ckpt'), '--out',
                          str(tmp_path / 'onnx'), '--format', 'onnx', '--outputs', 'points'],
                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -142,3 +145,4 @@ def test_export_command(model_and_inputs, tmp_path):
   assert sorted(o.name for o in model.graph.output) == ['boxes', 'scores']
   with pytest.raises(ValueError, match='multiples of 128'):
     export.export(config, variables, 'stablehlo', str(tmp_path / 'bad'), (100, 128))
+  assert not (tmp_path / 'bad').exists()

@@ -1,4 +1,4 @@
-"""`python -m fcos_jax.predict` as a user runs it: a subprocess outside the repository, a checkpoint with metadata,
+"""`fcos-predict` as a user runs it: a subprocess outside the repository, a checkpoint with metadata,
 files, folders and globs, unreadable inputs named and skipped, pictures and json written whole."""
 
 import json
@@ -29,8 +29,8 @@ def checkpoint(tmp_path_factory):
 def run(args, cwd):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
-  return subprocess.run([sys.executable, '-m', 'fcos_jax.predict', *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run([os.path.join(os.path.dirname(sys.executable), 'fcos-predict'), *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
@@ -73,7 +73,8 @@ def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
 
 def test_predict_command_fails_clearly(checkpoint, tmp_path):
   proc = run(['missing/*.jpg', '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'out')], cwd=tmp_path)
-  assert proc.returncode == 1 and 'no images to read' in proc.stderr and not (tmp_path / 'out').exists()
+  assert proc.returncode == 2 and not (tmp_path / 'out').exists()
+  assert proc.stderr == 'fcos-predict: error: no images to read: missing/*.jpg name no file, folder or matching image\n'
   (tmp_path / 'a.png').write_bytes(b'')
   proc = run(['a.png', '--checkpoint', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out')], cwd=tmp_path)
   assert proc.returncode == 2 and 'No checkpoint directory at' in proc.stderr and 'Traceback' not in proc.stderr

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fcos_jax.recipes import shapes
-from fcos_jax import checkpoints, cli, eval_lib, train_lib
+from fcos_jax import checkpoints, eval_lib, train_lib
+from fcos_jax.commands import train as fcos_train
 from fcos_jax import config as config_lib
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
@@ -114,7 +115,7 @@ def test_val_categories_the_model_does_not_know_stop_training_before_it_starts(d
   args = ['--config=shapes', f'--workdir={tmp_path / "w"}', f'--config.data.root={data_root}',
           '--config.data.generate_synthetic=false', f'--config.data.val_annotations={tmp_path / "val.json"}']
   with pytest.raises(SystemExit) as exit_:
-    cli.train_main(args)
+    fcos_train.main(args)
   captured = capsys.readouterr()
   assert exit_.value.code == 2
   assert captured.err.splitlines() == [
@@ -123,7 +124,7 @@ def test_val_categories_the_model_does_not_know_stop_training_before_it_starts(d
       "triangle, cross, diamond"]
   assert 'step' not in captured.out and not os.path.exists(tmp_path / 'w' / 'checkpoints')  # Before any step.
   with pytest.raises(config_lib.ConfigError, match="12 'hexagon'"):
-    cli.train_main([*args, '--verbose'])
+    fcos_train.main([*args, '--verbose'])
 
 
 def scalars(logdir):

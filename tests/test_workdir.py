@@ -1,4 +1,4 @@
-"""workdir/config.json: written at the start of a run; a resume may change the schedule, intervals, paths and the
+"""workdir/config.json: written once a run really starts; a resume may change the schedule, intervals, paths and the
 optimiser, not the model, the assignment or the data shapes."""
 
 import json
@@ -71,3 +71,14 @@ def test_fields_of_another_schema_version_are_not_compared(tmp_path):
   record['model']['retired_field'] = 1
   (tmp_path / 'config.json').write_text(json.dumps(record))
   workdir.remember_config(shapes.get_config(), str(tmp_path))
+
+
+def test_the_resume_check_alone_writes_nothing(tmp_path):
+  """Training checks a resume first and writes config.json only once it really starts."""
+  workdir.check_resume(shapes.get_config(), str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()
+  saved_run(tmp_path, shapes.get_config())
+  other = shapes.get_config()
+  other.model.depth = 34
+  with pytest.raises(config_lib.ConfigError, match='model.depth: 18 in the saved run, 34 now'):
+    workdir.check_resume(other, str(tmp_path))

@@ -3,7 +3,7 @@
 A converter is a naming table: for every variable of the target model it names the source key and the layout
 change (OIHW -> HWIO, [1] -> scalar, ...). `fill` walks the model's own variable tree through that table, so every
 variable gets a value and every source key is used or knowingly dropped; anything else is an error that lists the
-names. `python -m fcos_jax.convert` writes the result as an orbax checkpoint (`checkpoints.save_variables`).
+names. `fcos-convert` (fcos_jax.commands.convert) writes the result as an orbax checkpoint (`checkpoints.save_variables`).
 """
 
 from typing import Callable, Iterable, NamedTuple

@@ -1,8 +1,8 @@
 """Dataset check: reads a COCO-format split's annotations and every image header and prints what a user should know
 before a long run; exits non-zero when something would stop training.
 
-    python -m fcos_jax.data.check ROOT [--split train2017 ...]       # default: every ROOT/annotations/instances_*.json
-    python -m fcos_jax.data.check --config=r50_1x --config.data.root=/data/coco   # the config's train and val splits
+    fcos-check-data ROOT [--split train2017 ...]       # default: every ROOT/annotations/instances_*.json
+    fcos-check-data --config=r50_1x --config.data.root=/data/coco   # the config's train and val splits
 
 Images are opened lazily with Pillow (header only: size, mode, EXIF orientation) by a thread pool; their first and
 last bytes go through the input pipeline's own integrity check (`coco.integrity_problem`), so a file reported
@@ -10,12 +10,10 @@ readable here passes the same test in training. Pixels are not decoded: damage i
 structure is found only by the decoder.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
 import os
-import re
 import sys
 import time
 from typing import NamedTuple
@@ -27,6 +25,7 @@ import tensorflow as tf
 from fcos_jax import config as config_lib
 from fcos_jax import runtime
 from fcos_jax.data import coco
+from fcos_jax.data import pipeline  # Its source generates the synthetic data if asked.
 
 _HEAD, _TAIL = 16, 1024  # Bytes that `coco.integrity_problem` looks at: the format magic and the end markers.
 _CHUNK = 4096  # Images inspected per round (bounds the memory of the byte snippets).
@@ -248,9 +247,8 @@ def check_split(source, split, threads=16, progress=None):
 
 def config_splits(config):
   """The (source, splits) a training run of `config` reads: its train split, and its val split when it evaluates."""
-  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (generates the synthetic data if asked)
   if config.data.source != 'folder':
-    raise ValueError(f'The dataset check reads COCO-format folders; data.source is {config.data.source!r}.')
+    raise config_lib.ConfigError(f'The dataset check reads COCO-format folders; data.source is {config.data.source!r}.')
   splits = [config.data.train_split]
   if config.train.final_eval or config.train.eval_every:
     splits.append(config.data.val_split)
@@ -269,60 +267,3 @@ def stop_on_problems(config, out=None):
   if fatal:
     raise DatasetProblems(f'data.check_first: problems that would stop training (see the report above) in split(s) '
                           f'{", ".join(f"{split} ({n})" for split, n in fatal.items())}.')
-
-
-def _parse(argv):
-  """(config or None, root or None, splits, threads, examples) from the command line (argv without the program)."""
-  parser = argparse.ArgumentParser(prog='fcos-check-data', description=__doc__.split('\n\n')[0])
-  parser.add_argument('root', nargs='?', help='COCO-format folder: ROOT/annotations/instances_{split}.json and '
-                      'ROOT/{split}/.')
-  parser.add_argument('--split', action='append', help='Split to check (repeatable); default: every '
-                      'instances_*.json of ROOT, or with --config its train and val splits.')
-  parser.add_argument('--config', help="A recipe's name or a config file; --config.FIELD=VALUE overrides fields.")
-  parser.add_argument('--threads', type=int, default=16, help='Threads reading image headers.')
-  parser.add_argument('--examples', type=int, default=5, help='Names listed per kind of finding.')
-  args, overrides = parser.parse_known_args(argv)
-  bad = [a for a in overrides if not a.startswith('--config.')]
-  if bad or (args.root is None) == (args.config is None) or (overrides and args.config is None):
-    parser.error(f'give ROOT or --config (with --config.FIELD=VALUE overrides){"; unknown: " if bad else ""}'
-                 f'{" ".join(bad)}')
-  if args.threads <= 0:
-    parser.error(f'--threads={args.threads} must be positive')
-  config = None
-  if args.config is not None:
-    from fcos_jax import cli  # pylint: disable=g-import-not-at-top
-    try:
-      config = cli.load_config(args.config, overrides)  # Checked as training checks it.
-    except config_lib.ConfigError as e:
-      parser.error(str(e))
-  return config, args.root, args.split, args.threads, args.examples
-
-
-def main(argv=None):
-  """The command: prints one report per split; exit status 1 if something would stop training, 2 on bad usage or
-  an unusable annotation file, else 0."""
-  config, root, splits, threads, examples = _parse(sys.argv[1:] if argv is None else argv)
-  try:
-    if config is not None:
-      source, default_splits = config_splits(config)
-    else:
-      source = coco.FolderSource(root)
-      folder = os.path.dirname(source.annotation_path('SPLIT'))
-      found = [re.fullmatch(r'instances_(.+)\.json', f) for f in sorted(os.listdir(folder))] if os.path.isdir(
-          folder) else []
-      default_splits = [m.group(1) for m in found if m]
-      if not default_splits and not splits:
-        raise FileNotFoundError(f'No annotation file {source.annotation_path("SPLIT")}.')
-    reports = []
-    for split in splits or default_splits:
-      print(f'Checking {split} ...', file=sys.stderr, flush=True)
-      reports.append(check_split(source, split, threads, progress=sys.stderr))
-      print(reports[-1].format(examples), flush=True)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'fcos-check-data: {e}', file=sys.stderr)
-    return 2
-  return 1 if any(r.fatal for r in reports) else 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

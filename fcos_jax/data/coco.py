@@ -20,6 +20,7 @@ import numpy as np
 from pycocotools import coco as coco_api
 import tensorflow as tf
 
+from fcos_jax import errors
 from fcos_jax.data.categories import COCO_CATEGORY_IDS  # TFDS label i is the i-th of them.
 
 _TFDS_SPLITS = {'train2017': 'train', 'val2017': 'validation'}  # COCO folder names -> TFDS split names.
@@ -81,7 +82,7 @@ def _listing(items, limit=10):
 
 def _require(cond, path, message):
   if not cond:
-    raise ValueError(f'{path}: {message}')
+    raise errors.DataError(f'{path}: {message}')
 
 
 def _is_int(value):
@@ -126,18 +127,18 @@ def unknown_references(dataset):
 
 def _require_known_references(dataset, path):
   for ann, key in unknown_references(dataset)[:1]:
-    raise ValueError(f'{path}: annotation {ann["id"]} names unknown {key} {ann[key]}.')
+    raise errors.DataError(f'{path}: annotation {ann["id"]} names unknown {key} {ann[key]}.')
 
 
 def load_annotations(path):
   """The COCO annotation dict of the json file `path`, its structure validated (see `check_structure`)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'No annotation file {path}.')
+    raise errors.MissingFileError(f'No annotation file {path}.')
   try:
     with open(path) as f:
       dataset = json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f'{path}: invalid JSON ({e}).') from e
+    raise errors.DataError(f'{path}: invalid JSON ({e}).') from e
   check_structure(dataset, path)
   return dataset
 
@@ -196,7 +197,7 @@ class FolderSource:
       labels.append(np.array([label_of[a['category_id']] for a, k in zip(anns, kept) if k], np.int32))
     names = [file for file, _ in missing]
     if missing and not self.skip_bad_images:
-      raise FileNotFoundError(f'{path}: {len(missing)} image file(s) missing: {_listing(names)}')
+      raise errors.MissingFileError(f'{path}: {len(missing)} image file(s) missing: {_listing(names)}')
     if missing:
       logging.warning('%s: skipping %d missing image file(s): %s', path, len(missing), _listing(names))
     if dropped:
@@ -268,7 +269,7 @@ class TfdsSource:
     self.builder = tfds.builder(name, data_dir=data_dir or None)
     num_classes = self.builder.info.features['objects']['label'].num_classes
     if num_classes != len(COCO_CATEGORY_IDS):
-      raise ValueError(f'TFDS {name}: {num_classes} classes, expected the 80 COCO classes.')
+      raise errors.DataError(f'TFDS {name}: {num_classes} classes, expected the 80 COCO classes.')
     self._scans = {}
 
   def _split_name(self, split):
@@ -458,6 +459,7 @@ def label_to_category(class_names, categories):
     problems.append(f'dataset categories the model does not know ({len(unknown)}): {_listing(unknown)}; the model '
                     f'knows: {_listing(list(class_names), 20)}')
   if problems:
-    raise ValueError('The dataset\'s categories do not match the model\'s classes by name:\n  ' + '\n  '.join(problems))
+    raise errors.DataError('The dataset\'s categories do not match the model\'s classes by name:\n  '
+                           + '\n  '.join(problems))
   category_of = {str(c['name']): c['id'] for c in categories}
   return tuple(int(category_of.get(name, -1)) for name in class_names)

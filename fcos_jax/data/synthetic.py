@@ -9,10 +9,11 @@ ids are non-contiguous so that the id <-> label mapping is exercised. The output
 """
 
 import argparse
-import json
 import os
 
 import numpy as np
+
+from fcos_jax import atomic
 
 # (category id, name, RGB colour): ids deliberately non-contiguous.
 CATEGORIES = (
@@ -139,16 +140,16 @@ def write_split(out_dir, split, num_images, seed):
              'images': images, 'annotations': annotations, 'categories': categories}
   os.makedirs(os.path.join(out_dir, 'annotations'), exist_ok=True)
   path = os.path.join(out_dir, 'annotations', f'instances_{split}.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(dataset, f)
-  os.replace(path + '.tmp', path)
+  atomic.write_json(path, dataset)
   return path
 
 
-def generate(out_dir, num_train=400, num_val=50, seed=0):
-  """Writes the synthetic dataset (splits 'train' and 'val') under `out_dir`; returns `out_dir`."""
-  write_split(out_dir, 'train', num_train, seed)
-  write_split(out_dir, 'val', num_val, seed)
+def generate(out_dir: str, num_train: int = 400, num_val: int = 50, seed: int = 0) -> str:
+  """Writes the synthetic dataset (splits 'train' and 'val') under `out_dir`, whole or not at all; returns
+  `out_dir`."""
+  with atomic.directory(out_dir) as staging:
+    write_split(staging, 'train', num_train, seed)
+    write_split(staging, 'val', num_val, seed)
   return out_dir
 
 
