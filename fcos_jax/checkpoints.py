@@ -90,7 +90,7 @@ def save(mgr, step, variables, train, data_iterator=None, metadata=None):
   mgr.save(step, args=ocp.args.Composite(**items))
 
 
-class CheckpointError(config_lib.ConfigError):
+class CheckpointError(errors.DataError):
   """A checkpoint step that cannot be restored (truncated or missing files, another format): a user error, reported
   in one line that names the step, the file where known, and what to do."""
 
@@ -142,7 +142,7 @@ def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=No
       if not problems:
         return restored
       break
-    _drop_abandoned_reads()
+    _discard_pending_reads()  # After the except block: the error no longer holds the reads' frames.
   else:
     raise CheckpointError(f'No step of {mgr.directory} can be restored: ' + '; '.join(problems) + '. Use a new '
                           '--workdir, or move the checkpoints away to start again.')
@@ -153,17 +153,6 @@ def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=No
   raise CheckpointError(f'Checkpoint {"; ".join(problems)} cannot be restored. Step {candidate} can: run the same '
                         f'command with --config.train.resume_fallback=true to resume from it, or move the newer '
                         f'step directories of {mgr.directory} away.')
-
-
-def _drop_abandoned_reads():
-  """Collects the reads orbax left unfinished when a restore failed, without the 'Exception ignored' report that
-  each would print when Python collects it later: the failure is reported once, by CheckpointError."""
-  hook = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = hook
 
 
 def save_variables(directory, variables, metadata, step=0):
