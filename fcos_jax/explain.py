@@ -60,10 +60,11 @@ def _run_targets(xy, stride, size_range, boxes, labels, valid, center_radius, in
 
 
 def load_image(image):
-  """An HxWx3 uint8 RGB array from an array (uint8, or float in [0, 1]; gray or RGBA accepted) or a file path."""
+  """An HxWx3 uint8 RGB array from an array (uint8, or float in [0, 1]; gray or RGBA accepted) or a file path (decoded
+  as the input pipeline decodes it, `predict.load_image`)."""
   if isinstance(image, (str, os.PathLike)):
-    import matplotlib.image as mpimg  # Reads JPEG through Pillow, PNG natively.
-    image = mpimg.imread(os.fspath(image))
+    from fcos_jax import predict  # pylint: disable=g-import-not-at-top  (TensorFlow: only for files)
+    image, _ = predict.load_image(image)
   image = np.asarray(image)
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)

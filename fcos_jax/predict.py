@@ -66,15 +66,15 @@ def _tf():
 
 
 def decode(encoded, name):
-  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (tf.io.decode_image with 3
-  channels: gray repeated, alpha dropped, CMYK JPEGs converted); raises UnreadableImageError naming `name`."""
+  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (`coco.decode_pixels`: JPEGs
+  as OpenCV decodes them, gray repeated, alpha dropped, CMYK converted); raises UnreadableImageError naming `name`."""
   tf = _tf()
   from fcos_jax.data import coco  # pylint: disable=g-import-not-at-top
   problem = coco.integrity_problem(tf.constant(encoded)).numpy().decode()
   if problem:
     raise UnreadableImageError(f'{name}: {problem}')
   try:
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+    return coco.decode_pixels(tf.constant(encoded)).numpy()
   except tf.errors.OpError as e:
     raise UnreadableImageError(f'{name}: {e.message}') from None
 
