@@ -165,7 +165,7 @@ class Predictor:
       from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
       d = self.config.data
       self._resize = tf.function(
-          lambda img: transforms.resize(img, tf.zeros([0, 4]), d.eval_short_size, d.max_size)[::2],
+          lambda img: transforms.resize(img, tf.zeros([0, 4]), d.eval_short_size, d.max_size, d.resize_mode)[::2],
           input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     resized, scale = self._resize(image)
     return resized.numpy(), scale.numpy()

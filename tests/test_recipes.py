@@ -37,6 +37,7 @@ COMMON = {
     'data.max_size': 1333,  # Resize/RandomResize target_size [..., 1333]
     'data.eval_short_size': 800,  # EvalReader Resize target_size: [800, 1333]
     'data.flip': True,  # RandomFlip: {}
+    'data.resize_mode': 'paddle',  # Resize/RandomResize keep_ratio: True, interp: 1 (cv2.INTER_LINEAR)
     'train.batch_size': 16,  # TrainReader batch_size: 2 per GPU, x 8 GPUs
     'optimizer.lr': 0.01,  # base_lr: 0.01 (for the 16 images of 8 GPUs x 2)
     'optimizer.base_batch_size': 16,

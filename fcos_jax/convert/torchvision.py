@@ -17,7 +17,7 @@ the 80 rows of the real categories, in id order, which is fcos_jax's class order
 < 0.13 name FPN convs `inner_blocks.0.weight` instead of `inner_blocks.0.0.weight`; both are accepted.
 
 The converted FCOS computes torchvision's function only under `torchvision_fcos_config` (no per-level scale,
-points at i * stride, sqrt scores above 0.2, clipped boxes). torchvision's training loss (GIoU on pixel boxes,
+points at i * stride, sqrt scores above 0.2, clipped boxes, torchvision's resize rule: `data.resize_mode`). torchvision's training loss (GIoU on pixel boxes,
 unweighted, / num_pos) and its padding to multiples of 32 are not reproduced.
 """
 
@@ -50,6 +50,7 @@ TORCHVISION_FCOS = {
     'postprocess.max_detections': 100,
     'postprocess.score_sqrt': True,
     'postprocess.clip_boxes': True,
+    'data.resize_mode': 'torchvision',
 }
 
 BRANCH = {'branch2a': ('conv1', 'bn1'), 'branch2b': ('conv2', 'bn2'), 'branch2c': ('conv3', 'bn3'),
