@@ -39,8 +39,8 @@ def measure(config, batches, warmup):
 def device_resize_ms(batch, repeats):
   """Timing of the jitted resize_to_canvas on a device-path `batch`, its inputs already on the device."""
   batch, canvas = resize.split_canvas(batch)
-  args = jax.device_put((batch['image'], batch['orig_size'], batch['size'], batch['flip']))
-  fn = jax.jit(resize.resize_to_canvas, static_argnums=4)
+  args = jax.device_put((batch['image'], batch['orig_size'], batch['size'], batch['scale'], batch['flip']))
+  fn = jax.jit(resize.resize_to_canvas, static_argnums=5)
   return timing.measure(lambda: jax.block_until_ready(fn(*args, canvas)), repeats, warmup=2), canvas
 
 

@@ -89,6 +89,11 @@ def get_config():
   d.short_sizes = (800,)  # Training short side, drawn uniformly per image (multiscale: several).
   d.eval_short_size = 800
   d.max_size = 1333  # Cap on the long side.
+  # How images are resized to that scale s = min(short / short side, max_size / long side): 'paddle'
+  # (PaddleDetection's Resize, cv2.resize with fx = fy = s: size round(s * dim), sampled at (o + 0.5) / s - 0.5,
+  # boxes scaled by s in and out) or 'torchvision' (its transform: size floor(s * dim), sampled and boxes scaled by
+  # new / old per axis), what converted torchvision checkpoints record.
+  d.resize_mode = 'paddle'
   d.canvases = ((896, 1408), (1408, 896))  # Padded (H, W) buckets, multiples of 128; landscape and portrait.
   # The reference extent of each image, which the network sees instead of the static canvas (it is padding
   # invariant: zeros beyond the extent, GroupNorm statistics over it): the resized size of the largest image of its
@@ -157,6 +162,7 @@ LOSS_QUALITIES = ('centerness', 'iou')
 POSTPROCESS_METHODS = ('fast', 'paddle')
 DATA_SOURCES = ('folder', 'tfds')
 RESIZE_SIDES = ('auto', 'host', 'device')
+RESIZE_MODES = ('paddle', 'torchvision')
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
 
 
@@ -274,6 +280,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   one_of('postprocess.method', POSTPROCESS_METHODS)
   one_of('data.source', DATA_SOURCES)
   one_of('data.resize_on', RESIZE_SIDES)
+  one_of('data.resize_mode', RESIZE_MODES)
 
   at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
            'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',

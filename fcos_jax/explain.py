@@ -60,10 +60,11 @@ def _run_targets(xy, stride, size_range, boxes, labels, valid, center_radius, in
 
 
 def load_image(image):
-  """An HxWx3 uint8 RGB array from an array (uint8, or float in [0, 1]; gray or RGBA accepted) or a file path."""
+  """An HxWx3 uint8 RGB array from an array (uint8, or float in [0, 1]; gray or RGBA accepted) or a file path (decoded
+  as the input pipeline decodes it, `predict.load_image`)."""
   if isinstance(image, (str, os.PathLike)):
-    import matplotlib.image as mpimg  # Reads JPEG through Pillow, PNG natively.
-    image = mpimg.imread(os.fspath(image))
+    from fcos_jax import predict  # pylint: disable=g-import-not-at-top  (TensorFlow: only for files)
+    image, _ = predict.load_image(image)
   image = np.asarray(image)
   if image.ndim == 2:
     image = np.repeat(image[..., None], 3, axis=-1)
@@ -265,22 +266,16 @@ def default_canvas(image_hw, strides):
   return tuple(int(-(-v // s) * s) for v in image_hw)
 
 
-def resized_shape(image_hw, short_side, max_size):
-  """The pipeline's resize (SPEC.md): scale = min(short / short side, max / long side), dim -> int(scale dim + .5)."""
-  h, w = image_hw
-  scale = min(short_side / min(h, w), max_size / max(h, w))
-  return int(scale * h + 0.5), int(scale * w + 0.5)
-
-
-def resize(image, boxes, short_side, max_size):
-  """The pipeline's resize of an HxWx3 uint8 image (to `resized_shape`) and of boxes [N, 4] (by the same per-axis
-  factors, exactly), to look at the assignment at training resolution. Pixels come from Pillow's bilinear filter and
-  may differ slightly from the TF pipeline's; the boxes, and so the assignment, do not."""
-  from PIL import Image  # Matplotlib's own image dependency.
-  h, w = image.shape[:2]
-  nh, nw = resized_shape((h, w), short_side, max_size)
-  out = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-  return out, boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+def resize(image, boxes, short_side, config):
+  """The pipeline's resize (`fcos_jax.data.transforms.resize` with config.data.resize_mode, the long side <=
+  config.data.max_size) of an HxWx3 uint8 image and of boxes [N, 4], to look at the assignment at training
+  resolution -> (image, boxes, scale (x, y))."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for this resize)
+  from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  d = config.data
+  image, boxes, scale = transforms.resize(tf.constant(image), tf.constant(boxes, tf.float32), short_side, d.max_size,
+                                          d.resize_mode)
+  return image.numpy(), boxes.numpy(), (float(scale[1]), float(scale[0]))
 
 
 def explain_assignment(image, boxes, labels, config, canvas=None, class_names=None, short_side=None):
@@ -296,9 +291,7 @@ def explain_assignment(image, boxes, labels, config, canvas=None, class_names=No
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
   scale = (1.0, 1.0)
   if short_side:
-    h, w = image.shape[:2]
-    image, boxes = resize(image, boxes, short_side, config.data.max_size)
-    scale = (image.shape[1] / w, image.shape[0] / h)
+    image, boxes, scale = resize(image, boxes, short_side, config)
   labels = np.asarray(labels).reshape(-1).astype(np.int64)
   if len(labels) != len(boxes):
     raise ValueError(f'{len(boxes)} boxes but {len(labels)} labels')

@@ -28,6 +28,16 @@ from fcos_jax.model import fcos
 
 FORMATS = {'stablehlo': 'model.stablehlo', 'savedmodel': 'saved_model', 'onnx': 'model.onnx'}
 PLATFORMS = ('cpu', 'cuda')
+# Per data.resize_mode (`fcos_jax.data.transforms.resized_size`): how to resize an image, how to map boxes back.
+RESIZE_RULES = {
+    'paddle': ('s = min(short_side / min(h, w), max_size / max(h, w)); new = round(s * (h, w)), halves to even; '
+               'bilinear sampled at (o + 0.5) / s - 0.5, edge pixels repeated, rounded to uint8: '
+               'cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) within 1 level',
+               'x / s, y / s'),
+    'torchvision': ('s = min(short_side / min(h, w), max_size / max(h, w)); new = floor(s * (h, w)); bilinear, '
+                    'half-pixel centres (sampled at (o + 0.5) * old / new - 0.5), no antialiasing, rounded to uint8',
+                    'x / (new_w / w), y / (new_h / h)'),
+}
 
 
 def serving_function(config, variables, outputs='detections'):
@@ -133,13 +143,12 @@ def contract(fmt, config, canvas, class_names, category_ids, outputs):
                            'zero canvas', 'sizes': 'int32 [B, 2] (h, w) of each resized image'},
       'preprocessing': {
           'short_side': d.eval_short_size, 'max_size': d.max_size,
-          'resize': 'scale = min(short_side / min(h, w), max_size / max(h, w)); new = floor(scale * (h, w) + 0.5); '
-                    'bilinear, half-pixel centres, no antialiasing (tf.image.resize), rounded to uint8',
+          'resize_mode': d.resize_mode, 'resize': RESIZE_RULES[d.resize_mode][0],
           'normalization': 'inside the model (ImageNet mean/std on [0, 1]); padding must be zero'},
       'postprocessing': {
           'method': p.method, 'score_threshold': p.score_threshold, 'nms_iou': p.nms_iou,
           'max_detections': p.max_detections, 'score_sqrt': p.score_sqrt, 'nms': nms,
-          'boxes': 'xyxy canvas pixels; original pixels: x / (new_w / w), y / (new_h / h); keep rows where valid'}}
+          'boxes': f'xyxy canvas pixels; original pixels: {RESIZE_RULES[d.resize_mode][1]}; keep rows where valid'}}
 
 
 def check_canvas(config, canvas=None) -> tuple[int, int]:

@@ -65,15 +65,15 @@ def _tf():
 
 
 def decode(encoded, name):
-  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (tf.io.decode_image with 3
-  channels: gray repeated, alpha dropped, CMYK JPEGs converted); raises UnreadableImageError naming `name`."""
+  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (`coco.decode_pixels`: JPEGs
+  as OpenCV decodes them, gray repeated, alpha dropped, CMYK converted); raises UnreadableImageError naming `name`."""
   tf = _tf()
   from fcos_jax.data import coco  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   problem = coco.integrity_problem(tf.constant(encoded)).numpy().decode()
   if problem:
     raise UnreadableImageError(f'{name}: {problem}')
   try:
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+    return coco.decode_pixels(tf.constant(encoded)).numpy()
   except tf.errors.OpError as e:
     raise UnreadableImageError(f'{name}: {e.message}') from None
 
@@ -164,7 +164,7 @@ class Predictor:
       from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
       d = self.config.data
       self._resize = tf.function(
-          lambda img: transforms.resize(img, tf.zeros([0, 4]), d.eval_short_size, d.max_size)[::2],
+          lambda img: transforms.resize(img, tf.zeros([0, 4]), d.eval_short_size, d.max_size, d.resize_mode)[::2],
           input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     resized, scale = self._resize(image)
     return resized.numpy(), scale.numpy()

@@ -53,5 +53,9 @@ status=0
 "${JAX_PY[@]}" parity/compare.py "$WORK" || status=$?
 "${JAX_PY[@]}" parity/dcn_compare.py "$WORK" || status=$?
 "${JAX_PY[@]}" parity/optimizer_compare.py "$WORK" || status=$?
+echo "== reader (decode and resize from the image files)"
+"${JAX_PY[@]}" parity/reader_compare.py make "$WORK"
+.venv-paddle/bin/python parity/paddle_reader.py "$WORK" | grep -v '^Warning: Unable to use'
+"${JAX_PY[@]}" parity/reader_compare.py compare "$WORK" || status=$?
 echo "parity: $((SECONDS - start)) s (not counting environment set-up)"
 exit $status

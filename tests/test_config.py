@@ -57,6 +57,7 @@ def test_schema_unknown_missing_and_mistyped_fields():
     ('postprocess.method', 'fastt', config_lib.POSTPROCESS_METHODS, 'fast'),
     ('data.source', 'tfdss', config_lib.DATA_SOURCES, 'tfds'),
     ('data.resize_on', 'devices', config_lib.RESIZE_SIDES, 'device'),
+    ('data.resize_mode', 'torch', config_lib.RESIZE_MODES, 'torchvision'),
 ])
 def test_enumerated_fields(path, value, allowed, suggestion):
   message = problems_of(with_values(**{path: value}))

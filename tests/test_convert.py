@@ -237,6 +237,7 @@ def test_torchvision_fcos_names_classes_and_config():
   config = torchvision.torchvision_fcos_config(get_config())
   assert (config.model.per_level_scale, config.assign.point_offset, config.postprocess.score_sqrt) == (False, 0.0, True)
   assert config.postprocess.score_threshold == 0.2 and config.model.gn_groups == 32
+  assert config.data.resize_mode == 'torchvision'
 
 
 # ppdet's fcos_r50 / fcos_dcn_r50 readers: PadBatch(pad_to_stride=128) over 2 images per GPU

@@ -200,6 +200,46 @@ def test_decode_cmyk_jpeg_to_rgb():
   assert np.abs(image.astype(np.int32) - want).max() <= 3  # Pillow's CMYK -> RGB, up to the decoders' rounding.
 
 
+def _photo(h=97, w=131):
+  """Photo-like RGB pixels: gradients, ripples, sensor noise and a sharp-edged patch (the IDCTs differ on these)."""
+  y, x = np.mgrid[:h, :w]
+  pixels = np.stack([x * 1.5 + 40 * np.sin(y / 5.0), y * 2.0 + 30 * np.cos(x / 4.0), (x + y) * 0.8], -1)
+  pixels = pixels + np.random.default_rng(0).normal(0, 12, pixels.shape)
+  pixels[20:60, 30:90] = (250, 20, 30)
+  return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+# Pillow's JPEG options for the variants PaddleDetection meets: 4:2:0 baseline, progressive, 4:4:4, grayscale.
+_JPEG_KINDS = {'baseline': {}, 'progressive': {'progressive': True}, '444': {'subsampling': 0}, 'gray': {}}
+
+
+@pytest.mark.parametrize('kind', sorted(_JPEG_KINDS))
+def test_jpegs_decode_as_opencv_does(kind, tmp_path):
+  """Pillow decodes with libjpeg-turbo's defaults, the accurate integer IDCT and fancy upsampling, as OpenCV does
+  (bit for bit: parity/reader_compare.py checks both against fcos_jax). The pipeline, the Predictor and the explain
+  API decode the same; TensorFlow's default (fast IDCT) differs, so this test can fail."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from fcos_jax import explain, predict  # pylint: disable=g-import-not-at-top
+  picture = Image.fromarray(_photo())
+  buffer = io.BytesIO()
+  (picture.convert('L') if kind == 'gray' else picture).save(buffer, 'JPEG', quality=90, **_JPEG_KINDS[kind])
+  data = buffer.getvalue()
+  want = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
+  example, _ = coco.decode(_record(97, 131), tf.constant(data))
+  np.testing.assert_array_equal(example['image'].numpy(), want)
+  np.testing.assert_array_equal(predict.decode(data, 'a.jpg'), want)
+  (tmp_path / 'a.jpg').write_bytes(data)
+  np.testing.assert_array_equal(explain.load_image(tmp_path / 'a.jpg'), want)
+  fast = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+  assert (fast != want).any()
+
+
+def test_png_decodes_to_its_pixels():
+  pixels = _photo()
+  example, _ = coco.decode(_record(97, 131), tf.io.encode_png(pixels))
+  np.testing.assert_array_equal(example['image'].numpy(), pixels)
+
+
 def test_decode_names_the_damaged_file_or_reports_it():
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'Unreadable image dir/img.jpg \(image_id 17\): truncated JPEG'):

@@ -80,9 +80,11 @@ def check_batch(batch, gt, short_sizes, eval_mode=False):
     boxes, labels, every = gt[int(batch['image_id'][i])]
     oh, ow = batch['orig_size'][i]
     sh, sw = batch['size'][i]
-    rule = [min(s / min(oh, ow), 480 / max(oh, ow)) for s in short_sizes]
-    assert (sh, sw) in [(int(r * oh + 0.5), int(r * ow + 0.5)) for r in rule]
-    np.testing.assert_allclose(batch['scale'][i], [sh / oh, sw / ow], rtol=1e-6)
+    # PaddleDetection's Resize: s = min(short / short side, 480 / long side), sizes round(s * dim) (halves to even,
+    # as Python rounds), scale (s, s).
+    rules = {(round(r * oh), round(r * ow)): r for r in [min(s / min(oh, ow), 480 / max(oh, ow)) for s in short_sizes]}
+    assert (sh, sw) in rules
+    np.testing.assert_array_equal(batch['scale'][i], np.float32([rules[sh, sw]] * 2))
     image = batch['image'][i]
     assert not image[sh:].any() and not image[:, sw:].any()  # Zero padding.
     n = len(labels)
@@ -91,7 +93,8 @@ def check_batch(batch, gt, short_sizes, eval_mode=False):
     assert (batch['labels'][i, n:] == -1).all() and not batch['boxes'][i, n:].any()
     sy, sx = batch['scale'][i]
     scaled = boxes * [sx, sy, sx, sy]
-    flipped = np.stack([sw - scaled[:, 2], scaled[:, 1], sw - scaled[:, 0], scaled[:, 3]], axis=1)
+    # Flipped first (x1' = w - x2), then scaled.
+    flipped = np.stack([ow * sx - scaled[:, 2], scaled[:, 1], ow * sx - scaled[:, 0], scaled[:, 3]], axis=1)
     got = batch['boxes'][i, :n]
     is_flipped = n > 0 and not np.allclose(got, scaled, atol=1e-3)
     np.testing.assert_allclose(got, flipped if is_flipped else scaled, atol=1e-3)

@@ -1,35 +1,58 @@
 """Transforms: the resize rule against NumPy, boxes moving with the pixels, flip, canvases and GT padding."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from fcos_jax.data import transforms
+import opencv_linear
 
 tf.config.set_visible_devices([], 'GPU')
 
 
-def numpy_resized_size(h, w, short, max_size):
-  scale = min(short / min(h, w), max_size / max(h, w))
-  return int(scale * h + 0.5), int(scale * w + 0.5)
+def python_resize_rule(h, w, short, max_size, mode):
+  """PaddleDetection's Resize (keep_ratio, target [short, max_size]) and torchvision's transform, in Python floats:
+  (new size, scale (sy, sx)). Python's round() rounds halves to even, as OpenCV's cvRound does. A side that would
+  be 0 pixels (both references fail there) is 1."""
+  s = min(short / min(h, w), max_size / max(h, w))
+  if mode == 'paddle':
+    return (max(round(s * h), 1), max(round(s * w), 1)), (s, s)
+  new = (max(math.floor(s * h), 1), max(math.floor(s * w), 1))
+  return new, (new[0] / h, new[1] / w)
 
 
+SIZES = [[480, 640], [427, 640], [640, 359], [1, 1000], [333, 500], [500, 333], [800, 1333], [600, 512], [426, 640]]
+
+
+@pytest.mark.parametrize('mode', ['paddle', 'torchvision'])
 @pytest.mark.parametrize('short,max_size', [(800, 1333), (640, 1333), (320, 512), (736, 1333)])
-def test_resized_size_matches_python_rule(short, max_size):
+def test_resized_size_matches_the_references_rule(short, max_size, mode):
   rng = np.random.default_rng(0)
-  sizes = np.concatenate([rng.integers(1, 1500, size=(300, 2)), [[480, 640], [427, 640], [640, 359], [1, 1000],
-                                                                  [333, 500], [500, 333], [800, 1333]]])
+  sizes = np.concatenate([rng.integers(1, 1500, size=(300, 2)), SIZES])
   for h, w in sizes:
-    new, scale = transforms.resized_size(tf.constant([h, w]), short, max_size)
-    assert tuple(new.numpy()) == numpy_resized_size(int(h), int(w), short, max_size), (h, w)
-    np.testing.assert_allclose(scale.numpy(), new.numpy() / np.array([h, w]), rtol=1e-6)
+    new, scale, extent = transforms.resized_size(tf.constant([h, w]), short, max_size, mode)
+    want_new, want_scale = python_resize_rule(int(h), int(w), short, max_size, mode)
+    assert tuple(new.numpy()) == want_new, (h, w)
+    np.testing.assert_array_equal(scale.numpy(), np.float32(want_scale), err_msg=str((h, w)))
+    want_extent = np.array([h, w]) * want_scale[0] if mode == 'paddle' else want_new
+    np.testing.assert_array_equal(extent.numpy(), np.float32(want_extent))
+
+
+def test_paddle_size_rounds_halves_to_even():
+  """640 x 850 and 640 x 854 to short side 800 (s = 1.25): 1062.5 -> 1062 and 1067.5 -> 1068, as cv2.resize's
+  cvRound does (OpenCV 4.11 gives 532 for 426 * 1.25 and 538 for 430 * 1.25); floor(x + 0.5) would give 1063."""
+  for w, want in ((850, 1062), (854, 1068)):
+    new, scale, _ = transforms.resized_size(tf.constant([640, w]), 800, 1333, 'paddle')
+    assert tuple(new.numpy()) == (800, want) and tuple(scale.numpy()) == (1.25, 1.25)
 
 
 def test_resize_moves_boxes_with_the_pixels():
   image = np.zeros((100, 160, 3), np.uint8)
   image[20:60, 40:120] = 255
   boxes = tf.constant([[40., 20., 120., 60.], [150., 90., 170., 110.]])  # The second sticks out of the image.
-  resized, out, scale = transforms.resize(tf.constant(image), boxes, short=200, max_size=1000)
+  resized, out, scale = transforms.resize(tf.constant(image), boxes, 200, 1000, 'paddle')
   assert resized.dtype == tf.uint8 and resized.shape == (200, 320, 3)
   np.testing.assert_allclose(scale.numpy(), [2.0, 2.0])
   np.testing.assert_allclose(out.numpy(), [[80, 40, 240, 120], [300, 180, 320, 200]])
@@ -37,19 +60,56 @@ def test_resize_moves_boxes_with_the_pixels():
   assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (80, 40, 240, 120)
 
 
-@pytest.mark.parametrize('hw,short', [((480, 640), 800), ((427, 640), 512), ((640, 359), 300), ((33, 17), 64)])
-def test_resize_is_tf_bilinear_rounded(hw, short):
-  image = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
-  resized, _, _ = transforms.resize(tf.constant(image), tf.zeros([0, 4]), short=short, max_size=2000)
-  want = np.floor(tf.image.resize(image.astype(np.float32), resized.shape[:2], method='bilinear').numpy() + 0.5)
-  diff = np.abs(resized.numpy().astype(np.int32) - want)
-  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # Equal up to float rounding at exact halves.
+def test_paddle_boxes_scale_by_s_and_clip_to_s_times_the_size():
+  """600x512 to short side 800: s = 1.5625, the image 938 (937.5 rounded to even) x 800, boxes times s on both axes
+  and clipped at s * 600 = 937.5, as PaddleDetection's Resize does (not at 938, and not by 938 / 600)."""
+  boxes = tf.constant([[10., 100., 500., 600.]])
+  resized, out, scale = transforms.resize(tf.zeros([600, 512, 3], tf.uint8), boxes, 800, 1333, 'paddle')
+  assert resized.shape == (938, 800, 3)
+  np.testing.assert_array_equal(scale.numpy(), [1.5625, 1.5625])
+  np.testing.assert_array_equal(out.numpy(), [[15.625, 156.25, 781.25, 937.5]])
+
+
+def assert_within_a_level(got, want):
+  diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
+  assert diff.max() <= 1, diff.max()
+
+
+# (h, w, short, max_size): up- and down-scaling, sizes whose s * dim ends in .5 (rounded to even) or just off it,
+# the long side capping the scale, one pixel high.
+RESIZES = [(480, 640, 800, 1333), (427, 640, 800, 1333), (600, 512, 800, 1333), (640, 426, 800, 1333),
+           (333, 500, 640, 1333), (1000, 1500, 500, 1333), (900, 701, 549, 1333), (47, 33, 64, 2000),
+           (37, 301, 100, 120), (1, 90, 320, 480), (211, 157, 97, 1333)]
+
+
+@pytest.mark.parametrize('h,w,short,max_size', RESIZES)
+def test_resize_is_opencv_linear_with_the_scale_itself(h, w, short, max_size):
+  """Within 1 level of OpenCV's INTER_LINEAR (its 11-bit weights re-derived in NumPy) at cv2.resize's size for
+  fx = fy = s; sampling with new / old instead is up to 77 levels off on this noise (600x512)."""
+  image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+  resized, _, scale = transforms.resize(tf.constant(image), tf.zeros([0, 4]), short, max_size, 'paddle')
+  s = min(short / min(h, w), max_size / max(h, w))
+  want = opencv_linear.resize(image, opencv_linear.output_size(h, w, s), (s, s))
+  assert resized.shape == want.shape
+  assert_within_a_level(resized.numpy(), want)
+
+
+@pytest.mark.parametrize('h,w,short,max_size', RESIZES[:4])
+def test_torchvision_mode_samples_with_new_over_old(h, w, short, max_size):
+  """torchvision's interpolate (recompute_scale_factor): the grid (o + 0.5) * old / new - 0.5 per axis, at the
+  floored size, which is what OpenCV's arithmetic computes with that scale per axis."""
+  image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+  resized, _, scale = transforms.resize(tf.constant(image), tf.zeros([0, 4]), short, max_size, 'torchvision')
+  new, _ = python_resize_rule(h, w, short, max_size, 'torchvision')
+  want = opencv_linear.resize(image, new, (new[0] / h, new[1] / w))
+  assert resized.shape[:2] == new
+  assert_within_a_level(resized.numpy(), want)
 
 
 def test_resize_caps_the_long_side():
-  resized, _, scale = transforms.resize(tf.zeros([100, 400, 3], tf.uint8), tf.zeros([0, 4]), 800, 1333)
-  assert resized.shape == (333, 1333, 3)
-  np.testing.assert_allclose(scale.numpy(), [3.33, 1333 / 400], rtol=1e-6)
+  resized, _, scale = transforms.resize(tf.zeros([100, 400, 3], tf.uint8), tf.zeros([0, 4]), 800, 1333, 'paddle')
+  assert resized.shape == (333, 1333, 3)  # 99.99 x 1333.
+  np.testing.assert_array_equal(scale.numpy(), np.float32([3.3325, 3.3325]))
 
 
 def test_hflip_mirrors_pixels_and_boxes():
@@ -105,7 +165,7 @@ def test_prepare_gives_the_batch_contract():
   example = {'image': tf.zeros([300, 400, 3], tf.uint8), 'boxes': tf.constant([[10., 20., 110., 220.]]),
              'labels': tf.constant([3]), 'image_id': tf.constant(42), 'orig_size': tf.constant([300, 400]),
              'file': tf.constant('a.jpg')}
-  out = transforms.prepare(example, 150, 1000, tf.constant(True), (256, 256), 4)
+  out = transforms.prepare(example, 150, 1000, tf.constant(True), (256, 256), 4, 'paddle')
   assert out['image'].shape == (150, 200, 3) and out['image'].dtype == tf.uint8
   np.testing.assert_array_equal(out['size'].numpy(), [150, 200])
   np.testing.assert_allclose(out['scale'].numpy(), [0.5, 0.5])
@@ -114,14 +174,21 @@ def test_prepare_gives_the_batch_contract():
   np.testing.assert_array_equal(out['orig_size'].numpy(), [300, 400])
 
 
-def test_prepare_flips_like_mirroring_the_resized_image():
-  image = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
-  boxes = tf.constant([[10., 20., 70., 80.], [100., 0., 130., 45.]])
-  example = {'image': tf.constant(image), 'boxes': boxes, 'labels': tf.constant([1, 2]), 'image_id': tf.constant(1),
-             'orig_size': tf.constant([90, 130]), 'file': tf.constant('a.jpg')}
-  out = transforms.prepare(example, 160, 1000, tf.constant(True), (256, 256), 4)
-  resized, resized_boxes, _ = transforms.resize(tf.constant(image), boxes, 160, 1000)
-  mirrored, mirrored_boxes = transforms.hflip(resized, resized_boxes)
-  diff = np.abs(out['image'].numpy().astype(np.int32) - mirrored.numpy().astype(np.int32))
-  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # Equal up to float rounding at exact halves.
-  np.testing.assert_allclose(out['boxes'].numpy()[:2], mirrored_boxes.numpy(), rtol=1e-6, atol=1e-4)
+@pytest.mark.parametrize('on_host', [True, False])
+def test_prepare_flips_before_resizing(on_host):
+  """PaddleDetection's order, RandomFlip then Resize: the mirrored original at OpenCV's grid, boxes x1' = w - x2,
+  then times s. 90x131 to short side 160: s * 131 = 232.9 -> 233 pixels, so mirroring the resized image instead
+  would sample other points. Without resizing on the host, the boxes are the same and the image is left as is."""
+  image = np.random.default_rng(0).integers(0, 256, (90, 131, 3), dtype=np.uint8)
+  boxes = np.array([[10., 20., 70., 80.], [100., 0., 131., 45.]], np.float32)
+  example = {'image': tf.constant(image), 'boxes': tf.constant(boxes), 'labels': tf.constant([1, 2]),
+             'image_id': tf.constant(1), 'orig_size': tf.constant([90, 131]), 'file': tf.constant('a.jpg')}
+  out = transforms.prepare(example, 160, 1000, tf.constant(True), (256, 256), 4, 'paddle', resize_image=on_host)
+  s = 160 / 90
+  if on_host:
+    assert_within_a_level(out['image'].numpy(), opencv_linear.resize(image[:, ::-1], (160, 233), (s, s)))
+  else:
+    np.testing.assert_array_equal(out['image'].numpy(), image)
+  flipped = np.stack([131 - boxes[:, 2], boxes[:, 1], 131 - boxes[:, 0], boxes[:, 3]], -1)
+  np.testing.assert_array_equal(out['boxes'].numpy()[:2], flipped * np.float32(s))
+  np.testing.assert_array_equal(out['size'].numpy(), [160, 233])

@@ -209,7 +209,21 @@ def test_optional_pipeline_resize():
   for a, b in zip(expl.targets, same.targets):
     np.testing.assert_array_equal(a, b)
   assert 'resized x2' in str(expl)
-  assert explain.resized_shape((480, 2000), 800, 1333) == (320, 1333)  # The long side caps the scale.
+
+
+def test_pipeline_resize_is_the_input_pipelines():
+  """The same pixels, boxes and scale as the pipeline's resize (`transforms.resize`, data.resize_mode), here where
+  the long side caps the scale: s = 1333 / 2000, 300 x 2000 -> 200 (199.95 rounded) x 1333."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  image, boxes, labels = random_scene(6, hw=(300, 2000))
+  cfg = VARIANTS['paddle']
+  expl = explain.explain_assignment(image, boxes, labels, cfg, short_side=800, canvas=(256, 1408))
+  want, want_boxes, scale = transforms.resize(tf.constant(image), tf.constant(boxes, tf.float32), 800,
+                                              cfg.data.max_size, cfg.data.resize_mode)
+  np.testing.assert_array_equal(expl.image, want.numpy())
+  np.testing.assert_array_equal(expl.boxes, want_boxes.numpy())
+  assert expl.image.shape == (200, 1333, 3) and expl.scale == (float(scale[1]), float(scale[0]))
 
 
 def png_pixels(fig, path):

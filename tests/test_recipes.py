@@ -41,6 +41,7 @@ COMMON = {
     'data.flip': True,  # RandomFlip: {}
     'data.pad_stride': 32,  # PadBatch: {pad_to_stride: 32}
     'data.pad_group': 2,  # TrainReader batch_size: 2 per GPU, the images each PadBatch pads together
+    'data.resize_mode': 'paddle',  # Resize/RandomResize keep_ratio: True, interp: 1 (cv2.INTER_LINEAR)
     'train.batch_size': 16,  # TrainReader batch_size: 2 per GPU, x 8 GPUs
     'optimizer.lr': 0.01,  # base_lr: 0.01 (for the 16 images of 8 GPUs x 2)
     'optimizer.base_batch_size': 16,

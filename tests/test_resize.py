@@ -1,5 +1,6 @@
-"""Device-side resize (data.resize_on='device') against the host path: TensorFlow's pixels within one level, the
-same boxes bit for bit, and batches of the shapes dataset that round-trip to the host path's batches."""
+"""Device-side resize (data.resize_on='device') against the host path and OpenCV's INTER_LINEAR (re-derived in
+NumPy): pixels within one level, the same boxes bit for bit, and batches of the shapes dataset that round-trip to
+the host path's batches."""
 
 import jax
 import numpy as np
@@ -8,11 +9,12 @@ import tensorflow as tf
 
 from fcos_jax import resize
 from fcos_jax.data import pipeline, synthetic, transforms
+import opencv_linear
 from test_data_pipeline import make_config, take
 
 CANVAS = (512, 512)  # Holds both orientations.
-# (h, w) originals: down- and up-scaled, extreme aspect ratios, one pixel wide or high.
-SIZES = ((300, 400), (427, 640), (47, 33), (1, 90), (90, 1), (380, 500), (200, 120))
+# (h, w) originals: down- and up-scaled, extreme aspect ratios, one pixel wide or high, sides whose s * dim rounds.
+SIZES = ((300, 400), (427, 640), (47, 33), (1, 90), (90, 1), (380, 500), (200, 120), (211, 157), (301, 397))
 
 
 def example(h, w, seed):
@@ -25,18 +27,18 @@ def example(h, w, seed):
           'file': tf.constant(f'{seed}.jpg')}
 
 
-def host_and_device(short, max_size, flip):
+def host_and_device(short, max_size, flip, mode):
   """The host path's elements, and the device path's elements with their images resized by resize_to_canvas."""
   examples = [example(h, w, i) for i, (h, w) in enumerate(SIZES)]
-  host = [transforms.prepare(e, short, max_size, flip, CANVAS, 4) for e in examples]
-  device = [transforms.prepare(e, short, max_size, flip, CANVAS, 4, resize_image=False) for e in examples]
+  host = [transforms.prepare(e, short, max_size, flip, CANVAS, 4, mode) for e in examples]
+  device = [transforms.prepare(e, short, max_size, flip, CANVAS, 4, mode, resize_image=False) for e in examples]
   source = np.zeros((len(SIZES), max(h for h, _ in SIZES), max(w for _, w in SIZES), 3), np.uint8)
   for i, e in enumerate(device):
     image = e['image'].numpy()
     source[i, :image.shape[0], :image.shape[1]] = image
   stack = lambda key: np.stack([e[key].numpy() for e in device])  # noqa: E731
-  canvases = jax.jit(resize.resize_to_canvas, static_argnums=4)(source, stack('orig_size'), stack('size'),
-                                                                 stack('flip'), CANVAS)
+  canvases = jax.jit(resize.resize_to_canvas, static_argnums=5)(source, stack('orig_size'), stack('size'),
+                                                                 stack('scale'), stack('flip'), CANVAS)
   return host, device, np.asarray(canvases)
 
 
@@ -46,15 +48,20 @@ def assert_same_pixels(got, want):
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
-@pytest.mark.parametrize('short,max_size,flip', [(320, 480, False), (320, 480, True), (150, 480, True),
-                                                  (384, 384, False)])
-def test_device_resize_matches_the_host_path(short, max_size, flip):
-  host, device, canvases = host_and_device(short, max_size, flip)
+@pytest.mark.parametrize('short,max_size,flip,mode', [(320, 480, False, 'paddle'), (320, 480, True, 'paddle'),
+                                                       (150, 480, True, 'paddle'), (384, 384, False, 'paddle'),
+                                                       (320, 480, True, 'torchvision')])
+def test_device_resize_matches_the_host_path_and_opencv(short, max_size, flip, mode):
+  host, device, canvases = host_and_device(short, max_size, flip, mode)
   for i, (h, d) in enumerate(zip(host, device)):
     size = h['size'].numpy()
     want = np.zeros((*CANVAS, 3), np.uint8)
     want[:size[0], :size[1]] = h['image'].numpy()
     assert_same_pixels(canvases[i], want)
+    original = example(*SIZES[i], i)['image'].numpy()
+    opencv = opencv_linear.resize(original[:, ::-1] if flip else original, size, h['scale'].numpy())
+    for pixels in (canvases[i][:size[0], :size[1]], h['image'].numpy()):
+      assert np.abs(pixels.astype(np.int32) - opencv).max() <= 1
     assert not canvases[i, size[0]:].any() and not canvases[i, :, size[1]:].any()  # Zero padding.
     for key in ('boxes', 'labels', 'valid', 'scale', 'size', 'orig_size', 'image_id', 'dropped_boxes'):
       np.testing.assert_array_equal(d[key].numpy(), h[key].numpy(), err_msg=key)  # Bit for bit.
@@ -64,7 +71,7 @@ def test_device_resize_matches_the_host_path(short, max_size, flip):
 
 def test_device_resize_names_an_image_that_does_not_fit():
   with pytest.raises(tf.errors.InvalidArgumentError, match='Image 1.jpg resized to 320x480 does not fit'):
-    transforms.prepare(example(427, 640, 1), 320, 480, False, (256, 512), 4, resize_image=False)
+    transforms.prepare(example(427, 640, 1), 320, 480, False, (256, 512), 4, 'paddle', resize_image=False)
 
 
 @pytest.fixture(scope='module')
@@ -75,7 +82,8 @@ def root(tmp_path_factory):
 def device_canvases(batch):
   """A device-path batch (NumPy) -> (the batch with its canvases as `image`, canvas)."""
   batch, canvas = resize.split_canvas(batch)
-  images = resize.resize_to_canvas(batch['image'], batch['orig_size'], batch['size'], batch['flip'], canvas)
+  images = resize.resize_to_canvas(batch['image'], batch['orig_size'], batch['size'], batch['scale'], batch['flip'],
+                                   canvas)
   return {**{k: v for k, v in batch.items() if k != 'flip'}, 'image': np.asarray(images)}, canvas
 
 

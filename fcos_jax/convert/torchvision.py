@@ -17,8 +17,9 @@ the 80 rows of the real categories, in id order, which is fcos_jax's class order
 < 0.13 name FPN convs `inner_blocks.0.weight` instead of `inner_blocks.0.0.weight`; both are accepted.
 
 The converted FCOS computes torchvision's function only under `torchvision_fcos_config` (no per-level scale,
-points at i * stride, sqrt scores above 0.2, clipped boxes); the config records torchvision's padding to multiples of
-32 (`data.pad_stride`). torchvision's training loss (GIoU on pixel boxes, unweighted, / num_pos) is not reproduced.
+points at i * stride, sqrt scores above 0.2, clipped boxes, torchvision's resize rule: `data.resize_mode`); the
+config records torchvision's padding to multiples of 32 (`data.pad_stride`). torchvision's training loss (GIoU on
+pixel boxes, unweighted, / num_pos) is not reproduced.
 """
 
 import logging
@@ -54,6 +55,7 @@ TORCHVISION_FCOS = {
     # Its batch_images pads every image of a batch to the batch's largest: 2 images per GPU in torchvision's
     # detection references. At batch-1 evaluation each image is padded alone, as fcos_jax pads at evaluation.
     'data.pad_group': 2,
+    'data.resize_mode': 'torchvision',
 }
 
 BRANCH = {'branch2a': ('conv1', 'bn1'), 'branch2b': ('conv2', 'bn2'), 'branch2c': ('conv3', 'bn3'),

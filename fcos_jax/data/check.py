@@ -47,7 +47,8 @@ KINDS = (
     Kind('size_mismatch', 'image size in the json differs from the file', True),
     Kind('unknown_image', 'annotations naming an image id the json does not define', True),
     Kind('unknown_category', 'annotations naming a category id the json does not define', True),
-    Kind('exif_rotated', 'EXIF-rotated images (orientation != 1): decoded as stored, not rotated', False),
+    Kind('exif_rotated', 'EXIF-rotated images (orientation != 1): decoded as stored, not rotated (PaddleDetection '
+         "rotates them: OpenCV's decode applies the orientation)", False),
     Kind('grayscale', 'grayscale images: decoded to 3 equal channels', False),
     Kind('cmyk', 'CMYK images: converted to RGB', False),
     Kind('alpha', 'images with transparency: the alpha channel is dropped', False),

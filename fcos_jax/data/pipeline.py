@@ -307,7 +307,8 @@ def _element(source, record, config, canvas, short, flip, skip_bad=False):
   d = config.data
   example, problem = coco.decode(record, source.read(record), skip_bad)
   on_host = not _on_device(config)
-  element = transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes, resize_image=on_host)
+  element = transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes, d.resize_mode,
+                               resize_image=on_host)
   if not on_host:
     element['canvas'] = tf.constant(canvas, tf.int32)
   return element, problem

@@ -7,38 +7,69 @@ import numpy as np
 import tensorflow as tf
 
 
-def resized_size(size, short, max_size):
-  """Size after resizing `size` [2] (h, w) so the short side is `short` and the long side <= `max_size`.
+def resized_size(size, short, max_size, mode):
+  """Size and scale of an image of `size` [2] (h, w) resized so the short side is `short` and the long side <=
+  `max_size`: s = min(short / min(h, w), max_size / max(h, w)) in float64.
 
-  scale = min(short / min(h, w), max_size / max(h, w)); new = int(scale * dim + 0.5), in float64 like Python.
-  Returns (new size int32 [2], scale float32 [2] = new / old per axis, (sy, sx)).
+  `mode` (data.resize_mode) 'paddle', PaddleDetection's Resize (cv2.resize with fx = fy = s): new = round(s * dim),
+  halves to even as OpenCV rounds, and scale = (s, s); 'torchvision', its GeneralizedRCNNTransform (interpolate with
+  recompute_scale_factor): new = floor(s * dim) and scale = new / old per axis. At least 1 pixel.
+  Returns (new int32 [2], scale float32 [2] (sy, sx), extent float32 [2]: s * (h, w) in 'paddle', new in
+  'torchvision', where the image's far edges land). Pixels are sampled at (o + 0.5) / scale - 0.5, boxes scale by it.
   """
   hw = tf.cast(size, tf.float64)
-  scale = tf.minimum(tf.cast(short, tf.float64) / tf.reduce_min(hw), float(max_size) / tf.reduce_max(hw))
-  new = tf.cast(tf.floor(scale * hw + 0.5), tf.int32)
-  return new, tf.cast(new, tf.float32) / tf.cast(size, tf.float32)
+  s = tf.minimum(tf.cast(short, tf.float64) / tf.reduce_min(hw), float(max_size) / tf.reduce_max(hw))
+  if mode == 'paddle':
+    new = tf.maximum(tf.cast(tf.round(s * hw), tf.int32), 1)
+    return new, tf.cast(tf.stack([s, s]), tf.float32), tf.cast(s * hw, tf.float32)
+  if mode == 'torchvision':
+    new = tf.maximum(tf.cast(tf.floor(s * hw), tf.int32), 1)
+    return new, tf.cast(tf.cast(new, tf.float64) / hw, tf.float32), tf.cast(new, tf.float32)
+  raise ValueError(f"resize mode {mode!r} must be 'paddle' or 'torchvision'")
 
 
-def scale_boxes(boxes, new, scale):
-  """`boxes` [N, 4] of an image resized by `scale` [2] (sy, sx) to `new` [2] (h', w'), clipped to it."""
+def scale_boxes(boxes, scale, extent):
+  """`boxes` [N, 4] times `scale` [2] (sy, sx) in float32, as PaddleDetection scales them, clipped to `extent` [2]
+  (h, w) of the resized image."""
   sy, sx = tf.unstack(scale)
   boxes = boxes * tf.stack([sx, sy, sx, sy])
-  new_f = tf.cast(new, tf.float32)
-  return tf.clip_by_value(boxes, 0.0, tf.stack([new_f[1], new_f[0], new_f[1], new_f[0]]))
+  return tf.clip_by_value(boxes, 0.0, tf.stack([extent[1], extent[0], extent[1], extent[0]]))
 
 
-def resize(image, boxes, short, max_size):
+def _taps(out_len, in_len, scale):
+  """Source taps of one axis: (lower [n] int32, upper [n] int32, weight of upper [n] float32), n = `out_len`.
+
+  Output pixel o samples the input at (o + 0.5) * (1 / scale) - 0.5, OpenCV's INTER_LINEAR grid; lower =
+  max(floor, 0), upper = min(floor + 1, in_len - 1), so the edge pixels repeat (fcos_jax.resize has the same taps).
+  """
+  source = (tf.range(out_len, dtype=tf.float32) + 0.5) * (1 / scale) - 0.5
+  floor = tf.floor(source)
+  last = tf.cast(in_len - 1, tf.float32)
+  lower = tf.cast(tf.clip_by_value(floor, 0.0, last), tf.int32)
+  upper = tf.cast(tf.clip_by_value(floor + 1, 0.0, last), tf.int32)
+  return lower, upper, source - floor
+
+
+def resize(image, boxes, short, max_size, mode):
   """Bilinear resize of uint8 `image` [h, w, 3] per `resized_size`; `boxes` [N, 4] scaled and clipped with it.
 
+  Output pixel o samples the input at (o + 0.5) / scale - 0.5 on each axis, edge pixels repeated: OpenCV's
+  INTER_LINEAR grid (whose 11-bit weights keep it within 1 level of this float arithmetic), rounded to uint8.
+  tf.image.resize cannot do it (it samples with new / old). The arithmetic is the device path's
+  (`fcos_jax.resize`), so that both give the same pixels.
   Returns (image uint8 [h', w', 3], boxes [N, 4], scale float32 [2] (sy, sx)).
   """
-  new, scale = resized_size(tf.shape(image)[:2], short, max_size)
-  # tf.image.resize's bilinear kernel, rounded back to uint8. Bilinear weights are convex, so adding the rounding
-  # offset to the input (smaller than the output for COCO) equals adding it to the output, and the values stay in
-  # [0.5, 255.5]: truncation rounds. One float pass fewer over the large image (4.5 -> 2.3-2.9 ms, 640x480 -> 800 px).
-  shifted = tf.cast(image, tf.float32) + 0.5
-  resized = tf.raw_ops.ResizeBilinear(images=shifted[None], size=new, half_pixel_centers=True)[0]
-  return tf.cast(resized, tf.uint8), scale_boxes(boxes, new, scale), scale
+  shape = tf.shape(image)
+  new, scale, extent = resized_size(shape[:2], short, max_size, mode)
+  y0, y1, wy = _taps(new[0], shape[0], scale[0])
+  x0, x1, wx = _taps(new[1], shape[1], scale[1])
+  # Along the rows first, on the input's h rows; then between the rows.
+  left = tf.cast(tf.gather(image, x0, axis=1), tf.float32)
+  right = tf.cast(tf.gather(image, x1, axis=1), tf.float32)
+  rows = left + (right - left) * wx[None, :, None]
+  top, bottom = tf.gather(rows, y0), tf.gather(rows, y1)
+  value = top + (bottom - top) * wy[:, None, None] + 0.5  # In [0.5, 255.5]: truncation rounds.
+  return tf.cast(value, tf.uint8), scale_boxes(boxes, scale, extent), scale
 
 
 def hflip_boxes(boxes, width):
@@ -109,12 +140,12 @@ def pad_boxes(boxes, labels, max_boxes):
   return boxes, labels, valid, tf.maximum(n - max_boxes, 0)
 
 
-def prepare(example, short, max_size, flip, canvas, max_boxes, resize_image=True):
+def prepare(example, short, max_size, flip, canvas, max_boxes, mode, resize_image=True):
   """Canonical example -> one batch element for `canvas` (H, W) (the batch contract without the batch axis).
 
-  `short` and `flip` may be tensors (drawn per image). Returns `image` uint8 [h', w', 3] (resized, fitting the
-  canvas; zero padded to it when batched), `boxes` float32 [G, 4],
-  `labels` int32 [G], `valid` bool [G], `image_id` int32, `scale` float32 [2] (sy, sx), `orig_size` int32 [2],
+  `short` and `flip` may be tensors (drawn per image); `mode` is data.resize_mode (`resized_size`). Returns `image`
+  uint8 [h', w', 3] (resized, fitting the canvas; zero padded to it when batched), `boxes` float32 [G, 4], `labels`
+  int32 [G], `valid` bool [G], `image_id` int32, `scale` float32 [2] (sy, sx), `orig_size` int32 [2],
   `size` int32 [2] (resized h, w) and `dropped_boxes` int32 (GT boxes beyond `max_boxes`).
   Without `resize_image` (the device resizes, see fcos_jax.resize), `image` is the decoded image [h, w, 3] as it is,
   and `flip` bool says whether the device must mirror it; everything else is the same, the boxes bit for bit.
@@ -123,14 +154,15 @@ def prepare(example, short, max_size, flip, canvas, max_boxes, resize_image=True
   flip = tf.convert_to_tensor(flip)
   extra = {}
   if resize_image:
-    # Flip first: the same pixels (bilinear resize commutes with a mirror), on the smaller image for COCO.
+    # Flip first, as PaddleDetection does: with the grid of the scale itself, mirroring the resized image instead
+    # would sample other points wherever new != s * old.
     image, boxes = tf.cond(flip, lambda: hflip(image, boxes), lambda: (image, boxes))
-    image, boxes, scale = resize(image, boxes, short, max_size)
+    image, boxes, scale = resize(image, boxes, short, max_size, mode)
     size = tf.shape(image)[:2]
   else:
     boxes = tf.cond(flip, lambda: hflip_boxes(boxes, orig_size[1]), lambda: boxes)
-    size, scale = resized_size(orig_size, short, max_size)
-    boxes = scale_boxes(boxes, size, scale)
+    size, scale, extent = resized_size(orig_size, short, max_size, mode)
+    boxes = scale_boxes(boxes, scale, extent)
     extra['flip'] = flip
   size = fit_canvas(size, canvas, example['file'])
   boxes, labels, valid, dropped = pad_boxes(boxes, example['labels'], max_boxes)
