@@ -102,6 +102,7 @@ def test_export_equals_the_jax_detector_at_batch_1_and_3(model_and_inputs, fmt, 
   assert contract['canvas'] == list(CANVAS) and contract['class_names'] == ['a', 'b', 'c']
   assert contract['category_ids'] == [4, 5, 6] and contract['preprocessing']['short_side'] == 128
   assert sorted(contract['output_tensors']) == ['boxes', 'classes', 'scores', 'valid']
+  assert 'rounded up to a multiple of 128' in contract['preprocessing']['padding_invariance']
 
 
 @pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])
