@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 class Points(NamedTuple):
@@ -67,4 +68,5 @@ def inside_extent(points, extent):
   stride = points.stride[:, None]
   corner = np.floor(points.xy / stride) * stride  # [P, 2] (x, y); exact: 0 <= point_offset < 1.
   extent = jnp.asarray(extent, jnp.float32)
-  return (corner[None, :, 0] < extent[:, 1:2]) & (corner[None, :, 1] < extent[:, 0:1])
+  h, w = lax.slice_in_dim(extent, 0, 1, axis=1), lax.slice_in_dim(extent, 1, 2, axis=1)  # [N, 1]; no gather.
+  return (corner[None, :, 0] < w) & (corner[None, :, 1] < h)

@@ -27,11 +27,17 @@ def scale_extent(extent, stride):
   return extent if extent is None or stride == 1 else (extent + stride - 1) // stride
 
 
+def extent_hw(extent):
+  """`extent` [N, 2] -> its (h [N, 1], w [N, 1]) columns, as plain slices (jnp indexing would gather under a
+  symbolic batch, which the ONNX export does not translate)."""
+  return lax.slice_in_dim(extent, 0, 1, axis=1), lax.slice_in_dim(extent, 1, 2, axis=1)
+
+
 def inside_extent(extent, shape_hw):
   """bool [N, h, w]: which pixels of an [h, w] map lie inside each image's `extent` [N, 2]."""
   h, w = shape_hw
-  return ((jnp.arange(h)[None, :, None] < extent[:, 0:1, None])
-          & (jnp.arange(w)[None, None, :] < extent[:, 1:2, None]))
+  eh, ew = extent_hw(extent)
+  return (jnp.arange(h)[None, :, None] < eh[..., None]) & (jnp.arange(w)[None, None, :] < ew[..., None])
 
 
 def mask_extent(x, extent):
@@ -119,7 +125,8 @@ class GroupNorm(nn.Module):
       kept, count = x, h * w * (c // g)
     else:
       kept = jnp.where(inside_extent(extent, (h, w))[..., None, None], x, 0.0)
-      area = jnp.minimum(extent[:, 0:1], h) * jnp.minimum(extent[:, 1:2], w)  # [N, 1]
+      eh, ew = extent_hw(extent)
+      area = jnp.minimum(eh, h) * jnp.minimum(ew, w)  # [N, 1]
       count = jnp.maximum(area, 1).astype(x.dtype)[:, :, None, None, None] * (c // g)
     mean = jnp.sum(kept, axis=(1, 2, 4), keepdims=True) / count
     var = jnp.maximum(jnp.sum(kept * kept, axis=(1, 2, 4), keepdims=True) / count - mean * mean, 0.0)
