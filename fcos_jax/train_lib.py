@@ -44,6 +44,10 @@ def make_train_step(model, config, tx):
   With the global normalisers, each micro-batch's loss is its share of the global batch's loss, so k micro-batches
   give the update of the batch in one piece (up to float summation order). Micro-batch i takes rows i, k + i,
   2k + i, ... of the batch: each device's rows stay on it, and each micro-batch is spread over all devices.
+
+  Each image is computed on the extent the reference pads it to (`fcos.reference_extent` of its group of
+  data.pad_group consecutive images of the global batch, taken before the micro-batch split): its loss and
+  gradients do not depend on the canvas or on the images outside its group.
   """
   lr_schedule = optim.schedule(config)
   m = config.model

@@ -233,6 +233,7 @@ def test_torchvision_fcos_names_classes_and_config():
   config = torchvision.torchvision_fcos_config(get_config())
   assert (config.model.per_level_scale, config.assign.point_offset, config.postprocess.score_sqrt) == (False, 0.0, True)
   assert config.postprocess.score_threshold == 0.2 and config.model.gn_groups == 32
+  assert config.data.pad_stride == 32  # GeneralizedRCNNTransform(size_divisible=32).
 
 
 def test_torchvision_resnet50_and_bad_classifier():

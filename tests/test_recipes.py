@@ -37,6 +37,8 @@ COMMON = {
     'data.max_size': 1333,  # Resize/RandomResize target_size [..., 1333]
     'data.eval_short_size': 800,  # EvalReader Resize target_size: [800, 1333]
     'data.flip': True,  # RandomFlip: {}
+    'data.pad_stride': 32,  # PadBatch: {pad_to_stride: 32} (Train, Eval and TestReader)
+    'data.pad_group': 2,  # TrainReader batch_size: 2 (per GPU; PadBatch pads each GPU's batch)
     'train.batch_size': 16,  # TrainReader batch_size: 2 per GPU, x 8 GPUs
     'optimizer.lr': 0.01,  # base_lr: 0.01 (for the 16 images of 8 GPUs x 2)
     'optimizer.base_batch_size': 16,

@@ -108,7 +108,7 @@ class GroupNorm(nn.Module):
   statistics run over each image's `extent` only: the statistics of the same map on a canvas of that extent.
 
   x [N, h, w, C] -> same shape, in `dtype`; statistics in at least float32. `extent` [N, 2] or None (whole map).
-  An empty extent (a padding image) gives zeros.
+  An empty extent (a padding image) has zero statistics (its count is taken as 1), so its outputs stay finite.
   """
   num_groups: int
   epsilon: float = 1e-5
