@@ -83,6 +83,8 @@ def measure_step(args, canvas, k):
   config.model.dtype = args.dtype
   config.train.batch_size = args.batch
   config.train.grad_accum_steps = k
+  if args.batch % config.data.pad_group:  # An odd batch (the CPU default, 1): each image its own group.
+    config.data.pad_group = 1
   config.data.resize_on = 'host'  # The batch holds canvases; the device-side resize is timed by input_pipeline.py.
   config.data.pad_group = math.gcd(config.data.pad_group, args.batch)  # Batch 1 (CPU): each image its own group.
   config_lib.validate(config)

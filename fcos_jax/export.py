@@ -8,7 +8,9 @@ size (a symbolic batch dimension):
            valid bool [B, K] (K = postprocess.max_detections, sorted by score);
            'points' (--outputs points): per point, boxes [B, P, 4] canvas pixels and scores [B, P, C], for a
            post-processing of your own.
-Beside the model, `contract.json` records the canvas, class names, category ids and the pre/post-processing rules.
+Beside the model, `contract.json` records the canvas, class names, category ids and the pre/post-processing rules,
+padding invariance included: each image is computed on its size rounded up to data.pad_stride (from `sizes`), so
+its outputs do not depend on the canvas or on the other images of the batch.
 
 ONNX (opset 18, for onnxruntime) is written by our own jaxpr translator (`fcos_jax.onnx_export`: the network and
 decode traced from the same function); its detections come from ONNX's NonMaxSuppression plus a top-K
@@ -144,7 +146,10 @@ def contract(fmt, config, canvas, class_names, category_ids, outputs):
       'preprocessing': {
           'short_side': d.eval_short_size, 'max_size': d.max_size,
           'resize_mode': d.resize_mode, 'resize': RESIZE_RULES[d.resize_mode][0],
-          'normalization': 'inside the model (ImageNet mean/std on [0, 1]); padding must be zero'},
+          'normalization': 'inside the model (ImageNet mean/std on [0, 1]); padding must be zero',
+          'padding_invariance': f'each image is computed as if its canvas were its size rounded up to a multiple of '
+                                f'{d.pad_stride} (the extent): its outputs depend on its pixels and size only, not on '
+                                f'the canvas or the other images of the batch; points beyond the extent score 0'},
       'postprocessing': {
           'method': p.method, 'score_threshold': p.score_threshold, 'nms_iou': p.nms_iou,
           'max_detections': p.max_detections, 'score_sqrt': p.score_sqrt, 'nms': nms,

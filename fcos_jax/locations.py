@@ -1,13 +1,15 @@
 """Points of the FPN levels for a canvas shape: coordinates, strides and size ranges, one row per point.
 
-Everything here depends only on static shapes and config, so it is computed once in NumPy and enters jitted
-functions as constants. Points are ordered row-major within a level, levels P3..P7 concatenated.
+Everything here but `inside_extent` depends only on static shapes and config, so it is computed once in NumPy and
+enters jitted functions as constants. Points are ordered row-major within a level, levels P3..P7 concatenated.
 """
 
 import math
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 class Points(NamedTuple):
@@ -55,3 +57,16 @@ def make_points(canvas_hw, strides, size_bounds, offset=0.5):
 def points_from_config(canvas_hw, config):
   """`make_points` with the model strides and the assignment options of a full config."""
   return make_points(canvas_hw, config.model.strides, config.assign.size_bounds, config.assign.point_offset)
+
+
+def inside_extent(points, extent):
+  """bool [N, P]: the points that exist on a canvas of exactly each image's `extent` [N, 2] (h, w) pixels.
+
+  Row i, column j of a level of stride s exists there when i < ceil(h / s) and j < ceil(w / s), i.e. when its
+  cell's corner (j s, i s) lies inside the extent; the network's outputs at the other points are not meaningful.
+  """
+  stride = points.stride[:, None]
+  corner = np.floor(points.xy / stride) * stride  # [P, 2] (x, y); exact: 0 <= point_offset < 1.
+  extent = jnp.asarray(extent, jnp.float32)
+  h, w = lax.slice_in_dim(extent, 0, 1, axis=1), lax.slice_in_dim(extent, 1, 2, axis=1)  # [N, 1]; no gather.
+  return (corner[None, :, 0] < w) & (corner[None, :, 1] < h)

@@ -40,14 +40,16 @@ def normalizers(targets, loss_config):
   return {'num_pos': num_pos, 'num_pos_norm': num_pos, 'ctr_norm': ctr_sum}
 
 
-def fcos_loss(outputs, targets, loss_config, norms=None):
+def fcos_loss(outputs, targets, loss_config, norms=None, inside=None):
   """Total and parts of the FCOS loss for a batch.
 
   outputs: `cls_logits` [B, P, C], `reg` [B, P, 4], `ctr_logits` [B, P] (the centerness or IoU-quality branch);
   targets: `targets.Targets` with leading shape [B, P]; norms: `normalizers` of these targets (default) or of the
-  global batch this batch is a micro-batch of. Returns a dict of scalars: loss, cls, box, quality, num_pos (from
-  `norms`). quality 'centerness': GIoU loss weighted by the centerness target / its sum, BCE to the centerness
-  target; quality 'iou': GIoU loss / num_pos, BCE to the (detached) IoU of the prediction with its target.
+  global batch this batch is a micro-batch of; inside [B, P] bool (`locations.inside_extent`, default all): the
+  points on each image's extent, the only ones whose classification loss counts (the reference has no others;
+  positives lie inside by `targets.assign_batch`). Returns a dict of scalars: loss, cls, box, quality, num_pos
+  (from `norms`). quality 'centerness': GIoU loss weighted by the centerness target / its sum, BCE to the
+  centerness target; quality 'iou': GIoU loss / num_pos, BCE to the (detached) IoU of the prediction with its target.
   """
   cfg = loss_config
   num_classes = outputs['cls_logits'].shape[-1]
@@ -56,7 +58,10 @@ def fcos_loss(outputs, targets, loss_config, norms=None):
   num_pos, num_pos_norm, ctr_norm = norms['num_pos'], norms['num_pos_norm'], norms['ctr_norm']
 
   one_hot = (targets.labels[..., None] == jnp.arange(num_classes)).astype(jnp.float32)
-  cls = jnp.sum(sigmoid_focal_loss(outputs['cls_logits'], one_hot, cfg.focal_alpha, cfg.focal_gamma)) / num_pos_norm
+  focal = sigmoid_focal_loss(outputs['cls_logits'], one_hot, cfg.focal_alpha, cfg.focal_gamma)
+  if inside is not None:
+    focal = jnp.where(inside[..., None], focal, 0.0)
+  cls = jnp.sum(focal) / num_pos_norm
 
   positive = targets.positive[..., None]
   pred = jnp.where(positive, outputs['reg'], 1.0)  # Background: well-defined values, so no NaN in the gradient.

@@ -121,16 +121,20 @@ def detect_one(scores, boxes, image_hw, points, cfg):
           'valid': kept}
 
 
-def detect(outputs, points, cfg, image_size=None):
+def detect(outputs, points, cfg, image_size=None, inside=None):
   """Decode + NMS for a batch: `outputs` of FCOS.apply, `points` of `locations.make_points` for its canvas.
 
   `cfg` is `config.postprocess` (static); `image_size` [B, 2] (h, w) of the resized images: with cfg.clip_boxes,
-  boxes are clipped to it before NMS (as torchvision does).
+  boxes are clipped to it before NMS (as torchvision does). `inside` [B, P] bool (`locations.inside_extent`): the
+  points that exist on each image's extent; the others score 0, never a candidate (score_threshold >= 0). Points
+  keep their relative order on any canvas, so ties break as on a canvas of exactly the extent.
   Returns `boxes` [B, K, 4] float32 xyxy canvas pixels, `scores` [B, K], `classes` [B, K] int32 (labels 0..C-1),
   `valid` [B, K], sorted by score, K = cfg.max_detections. Jit with `points` and `cfg` bound, e.g.
   `jax.jit(functools.partial(detect, points=points, cfg=cfg))`: they are constants, not arguments.
   """
   scores = point_scores(outputs['cls_logits'], outputs['ctr_logits'], cfg.score_sqrt)
+  if inside is not None:
+    scores = jnp.where(inside[..., None], scores, 0.0)
   boxes = decode_boxes(outputs['reg'], points)
   if cfg.clip_boxes and image_size is None:
     raise ValueError('postprocess.clip_boxes needs image_size')

@@ -13,6 +13,7 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fcos_jax import boxes as box_ops
@@ -30,6 +31,10 @@ def make_detect_fn(model, config, outputs='detections'):
   `valid` [B, K] bool (`postprocess.detect`). outputs='points': per point, before any selection, `boxes` [B, P, 4]
   (decoded canvas pixels, clipped to `sizes` if postprocess.clip_boxes) and `scores` [B, P, C].
   The points depend only on the canvas shape: they are constants of each compiled program.
+
+  Padding invariant: each image is computed on its reference extent, its size rounded up to data.pad_stride
+  (`fcos.reference_extent`), so its outputs depend on its pixels and size only, not on the canvas or the batch;
+  points beyond the extent score 0.
   """
   if outputs not in ('detections', 'points'):
     raise ValueError(f"outputs={outputs!r} must be 'detections' or 'points'")
@@ -38,13 +43,16 @@ def make_detect_fn(model, config, outputs='detections'):
   def detect(variables, images, sizes):
     points = locations.points_from_config(images.shape[1:3], config)
     normalized = fcos.normalize_images(images, sizes, m.pixel_mean, m.pixel_std)
-    raw = model.apply(variables, normalized)
+    extent = fcos.reference_extent(sizes, config.data.pad_stride)
+    raw = model.apply(variables, normalized, extent=extent)
+    inside = locations.inside_extent(points, extent)
     if outputs == 'detections':
-      return postprocess.detect(raw, points, cfg, sizes)
+      return postprocess.detect(raw, points, cfg, sizes, inside)
     boxes = postprocess.decode_boxes(raw['reg'], points)
     if cfg.clip_boxes:
       boxes = jax.vmap(box_ops.clip)(boxes, sizes.astype(boxes.dtype))
-    return {'boxes': boxes, 'scores': postprocess.point_scores(raw['cls_logits'], raw['ctr_logits'], cfg.score_sqrt)}
+    scores = postprocess.point_scores(raw['cls_logits'], raw['ctr_logits'], cfg.score_sqrt)
+    return {'boxes': boxes, 'scores': jnp.where(inside[..., None], scores, 0.0)}
 
   return detect
 

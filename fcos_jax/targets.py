@@ -74,9 +74,19 @@ def assign(points, strides, size_ranges, boxes, labels, valid, center_radius=1.5
       gt_index=jnp.where(positive, best, -1).astype(jnp.int32))
 
 
-def assign_batch(points, boxes, labels, valid, assign_config):
-  """`assign` vmapped over a batch: `points` a `locations.Points`, boxes [B, G, 4], labels [B, G], valid [B, G]."""
+def assign_batch(points, boxes, labels, valid, assign_config, inside=None):
+  """`assign` vmapped over a batch: `points` a `locations.Points`, boxes [B, G, 4], labels [B, G], valid [B, G].
+
+  `inside` [B, P] bool (`locations.inside_extent`): points beyond each image's extent are background, as on a
+  canvas of exactly the extent, where they do not exist (only a box reaching beyond the image could match them).
+  """
   def one(b, l, v):
     return assign(jnp.asarray(points.xy), jnp.asarray(points.stride), jnp.asarray(points.size_range), b, l, v,
                   assign_config.center_radius, assign_config.inclusive_bounds)
-  return jax.vmap(one)(boxes, labels, valid)
+  tg = jax.vmap(one)(boxes, labels, valid)
+  if inside is None:
+    return tg
+  positive = tg.positive & inside
+  return Targets(labels=jnp.where(positive, tg.labels, -1), reg=jnp.where(positive[..., None], tg.reg, 0.0),
+                 centerness=jnp.where(positive, tg.centerness, 0.0), positive=positive,
+                 gt_index=jnp.where(positive, tg.gt_index, -1))

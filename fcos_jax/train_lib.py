@@ -44,18 +44,23 @@ def make_train_step(model, config, tx):
   With the global normalisers, each micro-batch's loss is its share of the global batch's loss, so k micro-batches
   give the update of the batch in one piece (up to float summation order). Micro-batch i takes rows i, k + i,
   2k + i, ... of the batch: each device's rows stay on it, and each micro-batch is spread over all devices.
+
+  Each image is computed on the extent the reference pads it to (`fcos.reference_extent` of its group of
+  data.pad_group consecutive images of the global batch, taken before the micro-batch split): its loss and
+  gradients do not depend on the canvas or on the images outside its group.
   """
   lr_schedule = optim.schedule(config)
   m = config.model
   k = config.train.grad_accum_steps
 
-  def micro_step(params, frozen, micro, tg, norms):
-    """Gradients and loss parts (all but num_pos) of one micro-batch ([b, H, W, 3] images, [b, P] targets)."""
+  def micro_step(params, frozen, micro, tg, inside, norms):
+    """Gradients and loss parts (all but num_pos) of one micro-batch ([b, H, W, 3] images with their sizes and
+    extents, [b, P] targets and points inside the extents)."""
     images = fcos.normalize_images(micro['image'], micro['size'], m.pixel_mean, m.pixel_std)
 
     def loss_fn(p):
-      outputs = model.apply({'params': p, 'frozen': frozen}, images, train=True)
-      parts = losses.fcos_loss(outputs, tg, config.loss, norms)
+      outputs = model.apply({'params': p, 'frozen': frozen}, images, train=True, extent=micro['extent'])
+      parts = losses.fcos_loss(outputs, tg, config.loss, norms, inside)
       return parts['loss'], {name: v for name, v in parts.items() if name != 'num_pos'}
 
     (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -64,11 +69,15 @@ def make_train_step(model, config, tx):
   def train_step(state, batch, canvas=None):
     canvas = canvas or batch['image'].shape[1:3]  # Static; given on the device path (data.resize_on).
     points = locations.points_from_config(canvas, config)  # Static: a constant per canvas.
-    tg = targets.assign_batch(points, batch['boxes'], batch['labels'], batch['valid'], config.assign)
+    # Each image on the extent the reference pads it to (its group of data.pad_group images): padding invariant.
+    extent = fcos.reference_extent(batch['size'], config.data.pad_stride, config.data.pad_group)
+    inside = locations.inside_extent(points, extent)
+    tg = targets.assign_batch(points, batch['boxes'], batch['labels'], batch['valid'], config.assign, inside)
     norms = losses.normalizers(tg, config.loss)
-    images = {'image': resize.canvas_images(batch, canvas, config.data.resize_on), 'size': batch['size']}
+    images = {'image': resize.canvas_images(batch, canvas, config.data.resize_on), 'size': batch['size'],
+              'extent': extent}
     if k == 1:
-      grads, parts = micro_step(state.params, state.frozen, images, tg, norms)
+      grads, parts = micro_step(state.params, state.frozen, images, tg, inside, norms)
     else:
       def split(x):  # [B, ...] -> [k, B / k, ...]: micro-batch i holds rows i, k + i, ...
         return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
@@ -78,7 +87,7 @@ def make_train_step(model, config, tx):
 
       zeros = (jax.tree_util.tree_map(jnp.zeros_like, state.params),
                {name: jnp.zeros((), jnp.float32) for name in ('loss', 'cls', 'box', 'quality')})
-      (grads, parts), _ = jax.lax.scan(accumulate, zeros, jax.tree_util.tree_map(split, (images, tg)))
+      (grads, parts), _ = jax.lax.scan(accumulate, zeros, jax.tree_util.tree_map(split, (images, tg, inside)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**parts, 'num_pos': norms['num_pos'], 'grad_norm': optax.global_norm(grads),

@@ -44,6 +44,7 @@ np.savez(OUT, **outputs)
 @pytest.fixture(scope='module')
 def model_and_inputs(tmp_path_factory):
   config = tiny_config()
+  config.data.pad_stride = 32  # Extents narrower than the canvas: the exports mask as the JAX detector does.
   variables = fcos.init_variables(fcos.build_model(config.model), 0)
   p = predict.Predictor(config, variables)
   data = {}
@@ -102,6 +103,7 @@ def test_export_equals_the_jax_detector_at_batch_1_and_3(model_and_inputs, fmt, 
   assert contract['canvas'] == list(CANVAS) and contract['class_names'] == ['a', 'b', 'c']
   assert contract['category_ids'] == [4, 5, 6] and contract['preprocessing']['short_side'] == 128
   assert sorted(contract['output_tensors']) == ['boxes', 'classes', 'scores', 'valid']
+  assert 'rounded up to a multiple of 32' in contract['preprocessing']['padding_invariance']
 
 
 @pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])

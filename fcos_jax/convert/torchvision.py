@@ -44,6 +44,7 @@ TORCHVISION_FCOS = {
     'model.per_level_scale': False,
     'model.gn_groups': 32,
     'assign.point_offset': 0.0,
+    'data.pad_stride': 32,  # GeneralizedRCNNTransform's size_divisible: each image on its size rounded up to 32.
     'postprocess.method': 'fast',
     'postprocess.score_threshold': 0.2,
     'postprocess.pre_nms_top_k': 1000,

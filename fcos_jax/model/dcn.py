@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcos_jax.model.layers import Conv2d
+from fcos_jax.model.layers import Conv2d, mask_extent
 
 
 def _sample(x, offset, mask, kh, kw, stride, padding, dilation):
@@ -99,10 +99,12 @@ class DeformConv2d(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, extent=None):
+    """`extent` [N, 2] of x: both convolutions see zeros beyond it. A sample that falls beyond it then reads zeros,
+    as it would outside a canvas of exactly that extent."""
     k = self.kernel_size
     taps = k * k
-    x = x.astype(self.dtype)
+    x = mask_extent(x.astype(self.dtype), extent)
     offset_mask = Conv2d(3 * taps, k, self.stride, use_bias=True, dtype=self.dtype,
                          kernel_init=nn.initializers.zeros, name='conv_offset')(x)
     offset, mask = offset_mask[..., :2 * taps], jax.nn.sigmoid(offset_mask[..., 2 * taps:].astype(jnp.float32))

@@ -12,9 +12,15 @@ from fcos_jax.model.resnet import ResNet
 
 
 class FCOS(nn.Module):
-  """The detector. `__call__(images)` with normalised float images [N, H, W, 3] returns per-point outputs
-  concatenated over levels P3..P7: `cls_logits` [N, P, C], `reg` [N, P, 4] (stride-normalised l, t, r, b, >= 0),
-  `ctr_logits` [N, P]. Submodules are named like Paddle's (`backbone`, `neck`, `fcos_head`)."""
+  """The detector. `__call__(images, extent=None)` with normalised float images [N, H, W, 3] returns per-point
+  outputs concatenated over levels P3..P7: `cls_logits` [N, P, C], `reg` [N, P, 4] (stride-normalised l, t, r, b,
+  >= 0), `ctr_logits` [N, P]. Submodules are named like Paddle's (`backbone`, `neck`, `fcos_head`).
+
+  `extent` [N, 2] int32 (h, w) (`reference_extent`): each image is computed as if its canvas were exactly that
+  extent (see model/layers.py), whatever the static canvas; the outputs at points inside it equal those of the
+  network on a canvas of that size, the others are not meaningful (`locations.inside_extent`). None: the whole
+  canvas, no masking.
+  """
   depth: int = 50
   stem_width: int = 64
   freeze_at: int = 0
@@ -31,13 +37,14 @@ class FCOS(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train=False):
+  def __call__(self, images, train=False, extent=None):
     del train  # Frozen BN and no dropout: training and inference compute the same function.
     features = ResNet(self.depth, self.stem_width, self.freeze_at, tuple(self.dcn_stages), self.backbone_norm,
-                      self.dtype, name='backbone')(images.astype(self.dtype))
-    pyramid = FPN(self.fpn_channels, self.dtype, name='neck')(features)
+                      self.dtype, name='backbone')(images.astype(self.dtype), extent)
+    pyramid = FPN(self.fpn_channels, self.dtype, name='neck')(features, extent)
     return FCOSHead(self.num_classes, self.fpn_channels, self.head_convs, self.gn_groups, self.prior_prob,
-                    self.per_level_scale, tuple(self.strides), self.dcn_head, self.dtype, name='fcos_head')(pyramid)
+                    self.per_level_scale, tuple(self.strides), self.dcn_head, self.dtype,
+                    name='fcos_head')(pyramid, extent)
 
 
 def build_model(model_config):
@@ -69,6 +76,21 @@ def normalize_images(images, sizes, mean, std):
             & (jnp.arange(w)[None, None, :] < sizes[:, 1, None, None]))
   x = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
   return jnp.where(inside[..., None], x, 0.0)
+
+
+def reference_extent(sizes, pad_stride, group=1):
+  """The extent [N, 2] int32 (h, w) the reference pads each image to: the largest of `sizes` [N, 2] (resized (h, w))
+  within its group of `group` consecutive images, rounded up to a multiple of `pad_stride`.
+
+  PaddleDetection pads each image to its own multiple of 128 at evaluation (group 1) and each GPU's batch of 2 to
+  the multiple of its larger image in training; `FCOS` computes every image on its extent, so its outputs depend
+  on the image and this extent only, not on the static canvas or its batch-mates (outside its group).
+  """
+  sizes = sizes.astype(jnp.int32)
+  if group > 1:
+    n = sizes.shape[0]
+    sizes = jnp.repeat(jnp.max(sizes.reshape(n // group, group, 2), axis=1), group, axis=0)
+  return (sizes + pad_stride - 1) // pad_stride * pad_stride
 
 
 def count_parameters(variables):

@@ -5,7 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fcos_jax.model.layers import Conv2d
+from fcos_jax.model.layers import Conv2d, scale_extent
 
 
 def upsample_to(x, shape_hw):
@@ -20,8 +20,13 @@ class FPN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, features):
-    """features (C3, C4, C5) -> (P3, P4, P5, P6, P7), each [N, h, w, channels]."""
+  def __call__(self, features, extent=None):
+    """features (C3, C4, C5) -> (P3, P4, P5, P6, P7), each [N, h, w, channels].
+
+    `extent` [N, 2] of the image (None: the whole canvas); level stride s sees ceil(extent / s). The nearest x2
+    upsampling reads inside the coarser extent for every pixel inside the finer one, so it needs no mask.
+    """
+    level = lambda stride: scale_extent(extent, stride)  # noqa: E731
     conv = lambda k, s, name: Conv2d(  # noqa: E731
         self.channels, k, s, use_bias=True, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
         name=name)
@@ -31,7 +36,7 @@ class FPN(nn.Module):
     for stage, c in ((4, c4), (3, c3)):
       top = conv(1, 1, f'fpn_inner_res{stage}_sum_lateral')(c) + upsample_to(top, c.shape[1:3])
       inner.insert(0, top)
-    outs = [conv(3, 1, f'fpn_res{stage}_sum')(x) for stage, x in zip((3, 4, 5), inner)]
-    p6 = conv(3, 2, 'fpn_6')(outs[-1])
-    p7 = conv(3, 2, 'fpn_7')(nn.relu(p6))
+    outs = [conv(3, 1, f'fpn_res{stage}_sum')(x, level(2**stage)) for stage, x in zip((3, 4, 5), inner)]
+    p6 = conv(3, 2, 'fpn_6')(outs[-1], level(32))
+    p7 = conv(3, 2, 'fpn_7')(nn.relu(p6), level(64))
     return (*outs, p6, p7)

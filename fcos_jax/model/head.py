@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fcos_jax.model.dcn import DeformConv2d
-from fcos_jax.model.layers import Conv2d
+from fcos_jax.model.layers import Conv2d, GroupNorm, scale_extent
 
 HEAD_INIT = nn.initializers.normal(0.01)
 
@@ -25,12 +25,13 @@ class TowerConv(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, extent=None):
+    """x [N, h, w, C] with its `extent` [N, 2]: the conv sees zeros beyond it, the GroupNorm statistics stay in it."""
     if self.deformable:
       conv = DeformConv2d(self.channels, 3, use_bias=True, kernel_init=HEAD_INIT, dtype=self.dtype, name='conv')
     else:
       conv = Conv2d(self.channels, 3, use_bias=True, kernel_init=HEAD_INIT, dtype=self.dtype, name='conv')
-    x = nn.GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name='norm')(conv(x))
+    x = GroupNorm(self.gn_groups, epsilon=1e-5, dtype=self.dtype, name='norm')(conv(x, extent), extent)
     return nn.relu(x)
 
 
@@ -50,12 +51,12 @@ class FCOSFeat(nn.Module):
     self.cls_tower = tower('cls')
     self.reg_tower = tower('reg')
 
-  def __call__(self, x):
+  def __call__(self, x, extent=None):
     cls, reg = x, x
     for layer in self.cls_tower:
-      cls = layer(cls)
+      cls = layer(cls, extent)
     for layer in self.reg_tower:
-      reg = layer(reg)
+      reg = layer(reg, extent)
     return cls, reg
 
 
@@ -84,18 +85,23 @@ class FCOSHead(nn.Module):
     if self.per_level_scale:
       self.scales = [ScaleReg(name=f'p{int(math.log2(s))}_feat') for s in self.strides]
 
-  def __call__(self, pyramid):
-    """pyramid: (P3..P7) -> dict of outputs concatenated over levels: [N, P, C], [N, P, 4], [N, P]."""
+  def __call__(self, pyramid, extent=None):
+    """pyramid: (P3..P7) -> dict of outputs concatenated over levels: [N, P, C], [N, P, 4], [N, P].
+
+    `extent` [N, 2] of the image (None: the whole canvas); level stride s sees ceil(extent / s). Outputs at points
+    beyond it are not meaningful: `postprocess` and the loss leave them out.
+    """
     cls_out, reg_out, ctr_out = [], [], []
-    for lvl, feature in enumerate(pyramid):
-      cls_feat, reg_feat = self.fcos_feat(feature)
+    for lvl, (feature, stride) in enumerate(zip(pyramid, self.strides)):
+      level_extent = scale_extent(extent, stride)
+      cls_feat, reg_feat = self.fcos_feat(feature, level_extent)
       n = feature.shape[0]
-      reg = self.fcos_head_reg(reg_feat)
+      reg = self.fcos_head_reg(reg_feat, level_extent)
       if self.per_level_scale:
         reg = self.scales[lvl](reg)
-      cls_out.append(self.fcos_head_cls(cls_feat).reshape(n, -1, self.num_classes))
+      cls_out.append(self.fcos_head_cls(cls_feat, level_extent).reshape(n, -1, self.num_classes))
       reg_out.append(nn.relu(reg).reshape(n, -1, 4))
-      ctr_out.append(self.fcos_head_centerness(reg_feat).reshape(n, -1))
+      ctr_out.append(self.fcos_head_centerness(reg_feat, level_extent).reshape(n, -1))
     cat = lambda xs: jnp.concatenate(xs, axis=1).astype(jnp.float32)  # noqa: E731
     return {'cls_logits': cat(cls_out), 'reg': cat(reg_out), 'ctr_logits': cat(ctr_out)}
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fcos_jax.model.dcn import DeformConv2d
-from fcos_jax.model.layers import Conv2d, FrozenBatchNorm
+from fcos_jax.model.layers import Conv2d, FrozenBatchNorm, GroupNorm, mask_extent, scale_extent
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -32,14 +32,17 @@ class ConvNorm(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, extent=None):
+    """x [N, H, W, Cin] with its `extent` [N, 2] (see layers.py) -> [N, ceil(H / stride), ceil(W / stride), features]."""
     if self.deformable:
       conv = DeformConv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype, name='conv')
     else:
       conv = Conv2d(self.features, self.kernel_size, self.stride, frozen=self.frozen, dtype=self.dtype, name='conv')
+    y = conv(x, extent)
     if self.norm == 'group_norm':
-      return nn.GroupNorm(min(32, self.features), epsilon=1e-5, dtype=self.dtype, name='norm')(conv(x))
-    return FrozenBatchNorm(dtype=self.dtype, name='norm')(conv(x))
+      return GroupNorm(min(32, self.features), epsilon=1e-5, dtype=self.dtype, name='norm')(
+          y, scale_extent(extent, self.stride))
+    return FrozenBatchNorm(dtype=self.dtype, name='norm')(y)
 
 
 def block_name(stage, index, count):
@@ -68,11 +71,12 @@ class BottleneckBlock(Block):
   """1x1 -> 3x3 (stride) -> 1x1 (x4 channels), projection shortcut when `project`."""
 
   @nn.compact
-  def __call__(self, x):
-    y = nn.relu(self.conv(self.width, 1, 'branch2a')(x))
-    y = nn.relu(self.conv(self.width, 3, 'branch2b', self.stride, self.deformable)(y))
-    y = self.conv(self.width * 4, 1, 'branch2c')(y)
-    short = self.conv(self.width * 4, 1, 'short', self.stride)(x) if self.project else x
+  def __call__(self, x, extent=None):
+    out_extent = scale_extent(extent, self.stride)
+    y = nn.relu(self.conv(self.width, 1, 'branch2a')(x, extent))
+    y = nn.relu(self.conv(self.width, 3, 'branch2b', self.stride, self.deformable)(y, extent))
+    y = self.conv(self.width * 4, 1, 'branch2c')(y, out_extent)
+    short = self.conv(self.width * 4, 1, 'short', self.stride)(x, extent) if self.project else x
     return nn.relu(y + short)
 
 
@@ -80,10 +84,11 @@ class BasicBlock(Block):
   """3x3 (stride) -> 3x3, projection shortcut when `project` (ResNet-18/34)."""
 
   @nn.compact
-  def __call__(self, x):
-    y = nn.relu(self.conv(self.width, 3, 'branch2a', self.stride)(x))
-    y = self.conv(self.width, 3, 'branch2b', deformable=self.deformable)(y)
-    short = self.conv(self.width, 1, 'short', self.stride)(x) if self.project else x
+  def __call__(self, x, extent=None):
+    out_extent = scale_extent(extent, self.stride)
+    y = nn.relu(self.conv(self.width, 3, 'branch2a', self.stride)(x, extent))
+    y = self.conv(self.width, 3, 'branch2b', deformable=self.deformable)(y, out_extent)
+    short = self.conv(self.width, 1, 'short', self.stride)(x, extent) if self.project else x
     return nn.relu(y + short)
 
 
@@ -101,14 +106,20 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
-    """x [N, H, W, 3] normalised image -> (C3, C4, C5)."""
+  def __call__(self, x, extent=None):
+    """x [N, H, W, 3] normalised image, zero beyond its `extent` [N, 2] (None: the whole canvas) -> (C3, C4, C5).
+
+    The max-pool pads with -inf; its input is masked with zeros instead, which gives the same maxima: it is a
+    ReLU's (>= 0) and every window holds a pixel inside the extent.
+    """
     bottleneck = self.depth >= 50
     block_cls = BottleneckBlock if bottleneck else BasicBlock
     stem_frozen = self.freeze_at >= 0
     x = nn.relu(ConvNorm(self.stem_width, 7, 2, frozen=stem_frozen, norm=self.norm, dtype=self.dtype,
-                         name='conv1')(x))
+                         name='conv1')(x, extent))
+    x = mask_extent(x, scale_extent(extent, 2))
     x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    extent = scale_extent(extent, 4)
     if stem_frozen:
       x = lax.stop_gradient(x)
     outputs = []
@@ -116,10 +127,12 @@ class ResNet(nn.Module):
       stage = i + 2
       frozen = stage - 2 <= self.freeze_at
       for b in range(count):
+        stride = 2 if b == 0 and stage > 2 else 1
         x = block_cls(
-            width=self.stem_width * 2**i, stride=2 if b == 0 and stage > 2 else 1, project=b == 0, frozen=frozen,
+            width=self.stem_width * 2**i, stride=stride, project=b == 0, frozen=frozen,
             deformable=stage in self.dcn_stages, norm=self.norm, dtype=self.dtype,
-            name=block_name(stage, b, count))(x)
+            name=block_name(stage, b, count))(x, extent)
+        extent = scale_extent(extent, stride)
       if frozen:
         x = lax.stop_gradient(x)
       if stage >= 3:

@@ -9,5 +9,5 @@ from fcos_jax.recipes import r50_1x
 def get_config():
   c = r50_1x.get_config()
   c.loss.quality = 'iou'
-  c.data.pad_stride = 32
+  c.data.pad_stride = 32  # Its reader pads each batch to a multiple of 32, not 128.
   return c

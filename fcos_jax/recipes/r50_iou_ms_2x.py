@@ -9,7 +9,7 @@ from fcos_jax.recipes import r50_ms_2x
 def get_config():
   c = r50_ms_2x.get_config()
   c.loss.quality = 'iou'
-  c.data.pad_stride = 32
+  c.data.pad_stride = 32  # Its reader pads each batch to a multiple of 32, not 128.
   c.optimizer.warmup_steps = 1000
   c.optimizer.warmup_factor = 0.001
   return c
