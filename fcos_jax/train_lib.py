@@ -7,7 +7,6 @@ a resumed run continues exactly where the saved one was. Process 0 prints and wr
 through clu's SummaryWriter, metrics_step*.json, train_metrics.json); preemption.py stops every process together.
 """
 
-import json
 import logging
 import os
 import time
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcos_jax import checkpoints
+from fcos_jax import atomic, checkpoints
 from fcos_jax import config as config_lib
 from fcos_jax import eval_lib, locations, losses, optim, preemption, resize, runtime, targets
 from fcos_jax import workdir as workdir_lib
@@ -273,8 +272,8 @@ def train_and_evaluate(config, workdir):
       results = (_evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop, class_names)
                  if config.train.final_eval else {})
     if main:
-      with open(os.path.join(workdir, 'train_metrics.json'), 'w') as f:
-        json.dump({'step': step, **metrics, **dataset.stats.summary()}, f, indent=1)
+      atomic.write_json(os.path.join(workdir, 'train_metrics.json'),
+                        {'step': step, **metrics, **dataset.stats.summary()}, indent=1)
     return results
   finally:
     manager.wait_until_finished()
