@@ -246,7 +246,8 @@ def test_torchvision_fcos_names_classes_and_config():
 @pytest.mark.parametrize('source, arch, pad_stride', [('paddle', 'fcos_r50', 128), ('paddle', 'fcos_dcn_r50', 128),
                                                        ('torchvision', 'fcos_r50', 32)])
 def test_converted_config_records_the_reference_padding(source, arch, pad_stride):
-  config = config_lib.from_dict(cli.metadata(source, arch)['config'])  # As config_from_checkpoint reads it back.
+  recorded = fcos_convert.metadata(fcos_convert.converted_config(source, arch), arch)['config']
+  config = config_lib.from_dict(recorded)  # As config_from_checkpoint reads it back.
   assert (config.data.pad_stride, config.data.pad_group) == (pad_stride, 2)
 
 
