@@ -191,7 +191,8 @@ def test_evaluate_scores_the_models_labels_by_category_name(shapes_checkpoint, t
   for name, extra in (('same', []), ('other', [f'--config.data.val_annotations={other}'])):
     fcos_evaluate.main([f'--workdir={tmp_path / name}', f'--checkpoint={paths["names"]}', *extra])
   same, other = (json.loads((tmp_path / name / 'results.json').read_text()) for name in ('same', 'other'))
-  assert {1, 3, 7, 12} <= {r['category_id'] for r in same}  # Classes the random model detects (not cross).
+  detected = {r['category_id'] for r in same}  # Which classes a random model detects depends on its outputs:
+  assert 7 in detected and len(detected & {1, 3, 12}) >= 2  # triangle (dropped) and mapped ones must be among them.
   assert other == [dict(r, category_id=new_ids[r['category_id']]) for r in same if r['category_id'] != 7]
 
 
