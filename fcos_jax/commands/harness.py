@@ -94,6 +94,9 @@ def run(command: Callable, parser: argparse.ArgumentParser, argv: list[str] | No
     if verbose:
       raise
     print(f'{parser.prog}: error: {str(e).strip()}', file=sys.stderr)
+    # The error is reported: work abandoned by it (e.g. orbax's pending reads of a damaged checkpoint) must not
+    # print 'Exception ignored ...' blocks when Python collects it on the way out.
+    sys.unraisablehook = lambda unraisable: None
     sys.exit(2)
 
 
