@@ -80,8 +80,8 @@ def test_frozen_weights_unchanged_and_params_moved(two_steps_each):
 def test_a_nan_loss_reaches_the_metrics_and_stops_with_the_step(monkeypatch):
   fcos_loss = losses.fcos_loss
 
-  def poisoned(outputs, tg, loss_config, norms=None):
-    parts = fcos_loss(outputs, tg, loss_config, norms)
+  def poisoned(outputs, tg, loss_config, norms=None, inside=None):
+    parts = fcos_loss(outputs, tg, loss_config, norms, inside)
     return {**parts, 'loss': parts['loss'] * jnp.nan}
 
   monkeypatch.setattr(losses, 'fcos_loss', poisoned)
