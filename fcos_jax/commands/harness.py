@@ -7,6 +7,7 @@ the report of user errors: one line `PROG: error: MESSAGE`, exit status 2, no tr
 import argparse
 import os
 import sys
+import threading
 import textwrap
 from typing import Callable
 
@@ -95,8 +96,9 @@ def run(command: Callable, parser: argparse.ArgumentParser, argv: list[str] | No
       raise
     print(f'{parser.prog}: error: {str(e).strip()}', file=sys.stderr)
     # The error is reported: work abandoned by it (e.g. orbax's pending reads of a damaged checkpoint) must not
-    # print 'Exception ignored ...' blocks when Python collects it on the way out.
+    # print 'Exception ignored ...' blocks or its threads' tracebacks ('Event loop is closed') on the way out.
     sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
     sys.exit(2)
 
 
