@@ -91,23 +91,23 @@ def save(mgr, step, variables, train, data_iterator=None, metadata=None):
 
 
 class CheckpointError(errors.DataError):
-  """A checkpoint step that cannot be restored (truncated or missing files, another format): a user error, reported
-  in one line that names the step, the file where known, and what to do."""
+  """A checkpoint step that cannot be read (truncated or missing files, another format): a user error, reported in
+  one line that names the step and, where the storage layer says, the file."""
 
 
-def _problem(item_dir, error):
-  """'ITEM_DIR (FILE: first line of the error)': the file inside the item where the storage library names one."""
-  text = str(error).strip() or type(error).__name__
-  found = re.search(re.escape(str(item_dir)) + r'/[^\s"\'\]\),]*', text)
-  return f'{found.group(0) if found else item_dir}: {text.splitlines()[0][:200]}'
+def _unreadable(step_dir, error):
+  """'Checkpoint step N (STEP_DIR) is unreadable: STATUS', STATUS the storage layer's first status line (it names
+  the file) or else the error's first line: one line for any failure to read a step."""
+  status = _storage_error(error) or (str(error).strip() or type(error).__name__).splitlines()[0]
+  return f'Checkpoint step {os.path.basename(step_dir)} ({step_dir}) is unreadable: {status[:300]}'
 
 
 def _restore_item(mgr, step, name, args):
-  """One item of a step; any failure becomes a one-line CheckpointError naming the step, the item and the file."""
+  """One item of a step; any failure becomes a one-line CheckpointError (`_unreadable`)."""
   try:
     return mgr.restore(step, args=ocp.args.Composite(**{name: args}))[name]
   except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore and TensorFlow raise many types)
-    raise CheckpointError(f'step {step} ({_problem(pathlib.Path(mgr.directory) / str(step) / name, e)})') from e
+    raise CheckpointError(_unreadable(os.path.join(mgr.directory, str(step)), e)) from e
 
 
 def _restore_step(mgr, step, abstract_variables, abstract_train, data_iterator):
@@ -147,12 +147,12 @@ def restore(mgr, abstract_variables, abstract_train, data_iterator=None, step=No
     raise CheckpointError(f'No step of {mgr.directory} can be restored: ' + '; '.join(problems) + '. Use a new '
                           '--workdir, or move the checkpoints away to start again.')
   if fallback:
-    log.warning('Checkpoint %s cannot be restored; resuming from step %d (train.resume_fallback).',
+    log.warning('%s; resuming from step %d (train.resume_fallback).',
                 '; '.join(problems), candidate)
     return restored
-  raise CheckpointError(f'Checkpoint {"; ".join(problems)} cannot be restored. Step {candidate} can: run the same '
-                        f'command with --config.train.resume_fallback=true to resume from it, or move the newer '
-                        f'step directories of {mgr.directory} away.')
+  raise CheckpointError(f'{"; ".join(problems)}. Step {candidate} can be restored: run the same command with '
+                        f'--config.train.resume_fallback=true to resume from it, or move the newer step directories '
+                        f'of {mgr.directory} away.')
 
 
 def save_variables(directory, variables, metadata, step=0):
@@ -225,11 +225,11 @@ def _read_raw_variables(path):
     with ocp.StandardCheckpointer() as checkpointer:  # Closed on failure too: no thread outlives the error.
       return checkpointer.restore(item, target)
   except Exception as e:  # orbax wraps TensorStore's read errors in a bare Exception; anything else propagates.
-    status = _storage_error(e)
-    if status is None:
+    if _storage_error(e) is None:
       raise
+    message = _unreadable(step, e)
   _discard_pending_reads()  # After the except block: the error no longer holds the reads' frames.
-  raise errors.DataError(f'Checkpoint step {os.path.basename(step)} ({step}) is unreadable: {status}')
+  raise CheckpointError(message)
 
 
 def _discard_pending_reads():
