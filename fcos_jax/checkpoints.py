@@ -9,14 +9,17 @@ backbone initialisation read `variables` and, where no config is given, `metadat
 `metadata` existed still load with a config.
 """
 
+import contextlib
 import dataclasses
 import gc
+import io
 import logging
 import os
 import pathlib
 import re
 import sys
 import tempfile
+import time
 from typing import Any
 
 import jax
@@ -29,6 +32,7 @@ from fcos_jax import errors
 log = logging.getLogger(__name__)
 
 TRAINING_ITEMS = ('variables', 'train', 'data', 'metadata')
+_PENDING_READS_S = 0.5  # How long the reads left in flight by a failed restore get to finish (local files).
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -105,7 +109,8 @@ def _unreadable(step_dir, error):
 def _restore_item(mgr, step, name, args):
   """One item of a step; any failure becomes a one-line CheckpointError (`_unreadable`)."""
   try:
-    return mgr.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+    with _failure_noise_dropped():
+      return mgr.restore(step, args=ocp.args.Composite(**{name: args}))[name]
   except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore and TensorFlow raise many types)
     raise CheckpointError(_unreadable(os.path.join(mgr.directory, str(step)), e)) from e
 
@@ -223,7 +228,8 @@ def _read_raw_variables(path):
     target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                     handler.metadata(pathlib.Path(item)))
     with ocp.StandardCheckpointer() as checkpointer:  # Closed on failure too: no thread outlives the error.
-      return checkpointer.restore(item, target)
+      with _failure_noise_dropped():
+        return checkpointer.restore(item, target)
   except Exception as e:  # orbax wraps TensorStore's read errors in a bare Exception; anything else propagates.
     if _storage_error(e) is None:
       raise
@@ -232,12 +238,43 @@ def _read_raw_variables(path):
   raise CheckpointError(message)
 
 
+@contextlib.contextmanager
+def _held_output():
+  """Yields a buffer that receives, for the block's duration, what would go to stderr: Python's stderr and the
+  `asyncio` logger (whose handler holds the real stream, so redirecting stderr alone misses it)."""
+  held = io.StringIO()
+  logger = logging.getLogger('asyncio')
+  handler, propagate = logging.StreamHandler(held), logger.propagate
+  logger.addHandler(handler)
+  logger.propagate = False
+  try:
+    with contextlib.redirect_stderr(held):
+      yield held
+  finally:
+    logger.removeHandler(handler)
+    logger.propagate = propagate
+
+
+@contextlib.contextmanager
+def _failure_noise_dropped():
+  """Holds back what a read prints: passed on if the read succeeds, dropped if it fails. When one array read fails,
+  orbax closes its event loop while others are in flight; TensorStore prints an 'Event loop is closed' traceback
+  and asyncio logs 'Task exception was never retrieved' for each. The failure is reported once, by the caller."""
+  with _held_output() as held:
+    yield
+  sys.stderr.write(held.getvalue())
+
+
 def _discard_pending_reads():
   """Finalizes, silently, the array reads orbax left pending when one failed. Closing one makes orbax raise again
-  (it catches BaseException), which Python would otherwise print at exit, ~50 lines per read."""
+  (it catches BaseException), which Python would otherwise print at exit, ~50 lines per read; reads still in flight
+  complete on TensorStore's threads and print as `_failure_noise_dropped` says. They get a moment to land, with
+  their output dropped: the failure is reported once, by the caller's error."""
   hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
   try:
-    gc.collect()
+    with _held_output():
+      time.sleep(_PENDING_READS_S)
+      gc.collect()
   finally:
     sys.unraisablehook = hook
 

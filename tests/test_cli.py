@@ -4,10 +4,12 @@ message and exit with status 2; a resume with another model stops before any wor
 
 import importlib.metadata
 import json
+import logging
 import os
 import subprocess
 import sys
 import sysconfig
+import threading
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -217,3 +219,19 @@ def test_only_user_errors_are_reported_in_one_line(capsys, monkeypatch):
   with pytest.raises(SystemExit) as exit_:
     harness.run(missing_input, parser, [])
   assert exit_.value.code == 2 and capsys.readouterr().err == 'fcos-test: error: No input file x.pdparams\n'
+
+
+def test_a_user_error_in_process_leaves_the_callers_hooks_alone(monkeypatch):
+  """Called with argv (a notebook, a script), a user error raises SystemExit(2) and changes nothing process-wide:
+  only the command run as the process silences its abandoned work on the way out."""
+  monkeypatch.delenv('FCOS_JAX_DEBUG', raising=False)
+  parser = harness.make_parser('fcos-test', 'test', 'shapes')
+
+  def missing_input(args, config):
+    raise errors.MissingFileError('No input file x.pdparams')
+
+  hooks = (sys.stderr, sys.excepthook, sys.unraisablehook, threading.excepthook, logging.root.manager.disable)
+  with pytest.raises(SystemExit):
+    harness.run(missing_input, parser, [])
+  assert (sys.stderr, sys.excepthook, sys.unraisablehook, threading.excepthook,
+          logging.root.manager.disable) == hooks

@@ -5,6 +5,8 @@ the report of user errors: one line `PROG: error: MESSAGE`, exit status 2, no tr
 """
 
 import argparse
+import io
+import logging
 import os
 import sys
 import threading
@@ -78,7 +80,8 @@ def run(command: Callable, parser: argparse.ArgumentParser, argv: list[str] | No
   (`config_lib.load`; without --config, `recorded(args)`, e.g. a checkpoint's; None without either), then
   returns `command(args, config)`'s exit status (None: 0). The config is validated for what the command `uses`
   (`config_lib.USES`). A user error prints one line and exits with status 2."""
-  argv = sys.argv[1:] if argv is None else list(argv)
+  program = argv is None  # Run as the process's command: a user error ends the process.
+  argv = sys.argv[1:] if program else list(argv)
   verbose = '--verbose' in argv or os.environ.get('FCOS_JAX_DEBUG', '') not in ('', '0')
   try:
     args, rest = parser.parse_known_args(argv)
@@ -94,12 +97,21 @@ def run(command: Callable, parser: argparse.ArgumentParser, argv: list[str] | No
   except errors.UserError as e:
     if verbose:
       raise
-    print(f'{parser.prog}: error: {str(e).strip()}', file=sys.stderr)
-    # The error is reported: work abandoned by it (e.g. orbax's pending reads of a damaged checkpoint) must not
-    # print 'Exception ignored ...' blocks or its threads' tracebacks ('Event loop is closed') on the way out.
-    sys.unraisablehook = lambda unraisable: None
-    threading.excepthook = lambda args: None
+    print(f'{parser.prog}: error: {str(e).strip()}', file=sys.stderr, flush=True)
+    if program:
+      _silence_abandoned_work()
     sys.exit(2)
+
+
+def _silence_abandoned_work():
+  """The error is reported and the process is ending: work abandoned by it (e.g. orbax's pending reads of a
+  damaged checkpoint) must not print 'Exception ignored ...' blocks, its threads' tracebacks ('Event loop is
+  closed') or asyncio's log on the way out. Process-wide, so only for a command run as the process."""
+  sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
+  sys.excepthook = lambda *exc_info: None
+  sys.stderr = io.StringIO()
+  logging.disable(logging.CRITICAL)
 
 
 def quiet_libraries():
