@@ -33,8 +33,8 @@ PLATFORMS = ('cpu', 'cuda')
 # Per data.resize_mode (`fcos_jax.data.transforms.resized_size`): how to resize an image, how to map boxes back.
 RESIZE_RULES = {
     'paddle': ('s = min(short_side / min(h, w), max_size / max(h, w)); new = round(s * (h, w)), halves to even; '
-               'bilinear sampled at (o + 0.5) / s - 0.5, edge pixels repeated, rounded to uint8: '
-               'cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) within 1 level',
+               'cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) (bilinear sampled at '
+               '(o + 0.5) / s - 0.5, edge pixels repeated, OpenCV\'s 11-bit fixed point)',
                'x / s, y / s'),
     'torchvision': ('s = min(short_side / min(h, w), max_size / max(h, w)); new = floor(s * (h, w)); bilinear, '
                     'half-pixel centres (sampled at (o + 0.5) * old / new - 0.5), no antialiasing, rounded to uint8',

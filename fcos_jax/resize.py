@@ -2,46 +2,51 @@
 
 The host then only decodes: it sends each image as decoded (uint8, zero padded to its bucket's largest original size),
 with its original size, resized size, scale and flip, and the steps resize, mirror and pad here. The arithmetic is
-that of the host path (`transforms.resize`: bilinear at (o + 0.5) / scale - 0.5, edge pixels repeated, along the
-rows then between them, rounded to uint8; the mirror taken before the resize), so the canvases agree with the host
-path's within one level (and rarely differ at all).
+that of the host path (`transforms.resize`, OpenCV's INTER_LINEAR in 11-bit fixed point, the mirror taken before
+the resize); only the sampling grid is computed in float32 here (the host, like OpenCV, uses 1 / scale in float64),
+so where a coordinate rounds differently a pixel may differ by 1 level from the host path's.
 """
 
 import jax
 import jax.numpy as jnp
 
+COEF_BITS = 11  # As `transforms.COEF_BITS` (the data layer does not import JAX, nor this module TensorFlow).
 
-def _taps(out_len_static, in_len, scale, mirror):
-  """Source taps of one axis: (lower [n] int32, upper [n] int32, weight of upper [n] float32), n = out_len_static.
 
-  Output pixel o samples the input at (o + 0.5) * (1 / scale) - 0.5 (float32, as `transforms.resize` computes it);
-  lower = max(floor, 0), upper = min(floor + 1, in_len - 1), so the edge pixels repeat. `mirror`
-  reads the input right to left (a flip before the resize). Taps past the resized size are clamped into the image
-  (their pixels are padding, zeroed later).
+def _taps(out_len_static, in_len, scale, mirror, clamp_weights):
+  """Source taps of one axis: (lower [n] int32, upper [n] int32, weight of lower [n], weight of upper [n], int32
+  in 1/2048ths), n = out_len_static, as `transforms._taps` (the edge rules per `clamp_weights`) but for the float32
+  grid (o + 0.5) * (1 / scale) - 0.5. `mirror` reads the input right to left (a flip before the resize). Taps past
+  the resized size are clamped into the image (their pixels are padding, zeroed later).
   """
   source = (jnp.arange(out_len_static, dtype=jnp.float32) + 0.5) * (1 / scale.astype(jnp.float32)) - 0.5
   floor = jnp.floor(source)
-  lower = jnp.clip(floor, 0, in_len - 1).astype(jnp.int32)
-  upper = jnp.clip(floor + 1, 0, in_len - 1).astype(jnp.int32)
+  frac = source - floor
+  floor = floor.astype(jnp.int32)
+  if clamp_weights:
+    frac = jnp.where((floor < 0) | (floor >= in_len - 1), 0.0, frac)
+  lower, upper = jnp.clip(floor, 0, in_len - 1), jnp.clip(floor + 1, 0, in_len - 1)
   lower, upper = (jnp.where(mirror, in_len - 1 - i, i) for i in (lower, upper))
-  return lower, upper, source - floor
+  one = float(1 << COEF_BITS)
+  return lower, upper, jnp.round((1 - frac) * one).astype(jnp.int32), jnp.round(frac * one).astype(jnp.int32)
 
 
 def _resize_one(image, orig_size, size, scale, flip, canvas):
   """One image: uint8 [h_s, w_s, 3] (the decoded pixels at the top left) -> uint8 [H, W, 3] canvas."""
-  y0, y1, wy = _taps(canvas[0], orig_size[0], scale[0], False)
-  x0, x1, wx = _taps(canvas[1], orig_size[1], scale[1], flip)
-  top, bottom = image[y0], image[y1]  # [H, w_s, 3]: rows first, the smaller gathers.
+  y0, y1, b0, b1 = _taps(canvas[0], orig_size[0], scale[0], False, clamp_weights=False)
+  x0, x1, a0, a1 = _taps(canvas[1], orig_size[1], scale[1], flip, clamp_weights=True)
 
-  def pixels(rows, columns):
-    return rows[:, columns].astype(jnp.float32)
+  def columns(rows):  # Exact integers (x 2048), as OpenCV interpolates along a row.
+    pixels = image[rows].astype(jnp.int32)  # [H, w_s, 3]: rows first, the smaller gathers.
+    return pixels[:, x0] * a0[None, :, None] + pixels[:, x1] * a1[None, :, None]
 
-  wx = wx[None, :, None]
-  upper = pixels(top, x0) + (pixels(top, x1) - pixels(top, x0)) * wx
-  lower = pixels(bottom, x0) + (pixels(bottom, x1) - pixels(bottom, x0)) * wx
-  value = upper + (lower - upper) * wy[:, None, None] + 0.5  # In [0.5, 255.5]: truncation rounds.
+  # Between the rows, OpenCV's vectorised rounding: each row >> 4, times its weight >> 16, summed, (+ 2) >> 2.
+  shift = jnp.right_shift
+  value = (shift(shift(columns(y0), 4) * b0[:, None, None], 16) +
+           shift(shift(columns(y1), 4) * b1[:, None, None], 16))
+  pixels = jnp.clip(shift(value + 2, 2), 0, 255).astype(jnp.uint8)
   inside = (jnp.arange(canvas[0])[:, None] < size[0]) & (jnp.arange(canvas[1])[None, :] < size[1])
-  return jnp.where(inside[..., None], value.astype(jnp.uint8), jnp.uint8(0))
+  return jnp.where(inside[..., None], pixels, jnp.uint8(0))
 
 
 def resize_to_canvas(images, orig_size, size, scale, flip, canvas):

@@ -9,7 +9,8 @@ JPEG, a progressive JPEG, a 4:4:4 JPEG, grayscale JPEG and PNG, RGB PNGs, at siz
 exactly at .5), up- and down-scaled, one whose long side caps the scale; boxes include ones touching the right and
 bottom edges. `compare` runs fcos_jax's evaluation pipeline (`make_eval_dataset`, host and device resize) and its
 training transforms (`transforms.prepare` with a flip, each multiscale short side, host and device) and checks:
-decoded pixels identical to OpenCV's, resized pixels within 1 level of cv2.resize's, the same image size, the same
+decoded pixels identical to OpenCV's, resized pixels identical to cv2.resize's on the host path (within 1 level on
+the device path, whose sampling grid is float32), the same image size, the same
 float32 scale_factor [s, s] and the same boxes, bit for bit. It also reports Pillow's decode against OpenCV's (the
 default test suite uses Pillow as the reference).
 """
@@ -102,7 +103,7 @@ def compare(work):
     rows.append((name, what, f'{pixels.shape[0]}x{pixels.shape[1]}', worst, f'{share:.2e}',
                  f'{scale[0]:.6g}' + ('' if same_scale else f' (paddle {want_scale[0]:.6g}, {want_scale[1]:.6g})'),
                  f'{box_diff:g}'))
-    if worst > 1 or not same_scale or box_diff > 0:
+    if worst > (1 if 'device' in what else 0) or not same_scale or box_diff > 0:
       failures.append(f'{name} {what}')
 
   # Decoding: the pipeline's decoder and Pillow against OpenCV's.
@@ -151,7 +152,7 @@ def compare(work):
   for row in [head] + rows:
     print('  '.join(str(c).ljust(wd) for c, wd in zip(row, widths)).rstrip())
   print(f'{len(rows)} checks; ' + (f'FAILED: {", ".join(failures)}' if failures else
-                                  'all passed: decode identical, resize within 1 level, scale and boxes identical'))
+                                  'all passed: decode identical, resize identical (device: within 1 level), scale and boxes identical'))
   return 1 if failures else 0
 
 

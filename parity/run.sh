@@ -57,5 +57,8 @@ echo "== reader (decode and resize from the image files)"
 "${JAX_PY[@]}" parity/reader_compare.py make "$WORK"
 .venv-paddle/bin/python parity/paddle_reader.py "$WORK" | grep -v '^Warning: Unable to use'
 "${JAX_PY[@]}" parity/reader_compare.py compare "$WORK" || status=$?
+echo "== end to end (PaddleDetection's reader and model vs fcos-predict, on the image files)"
+.venv-paddle/bin/python parity/paddle_detect.py "$WORK" | grep -v '^Warning: Unable to use'
+.venv/bin/python parity/detect_compare.py "$WORK" || status=$?  # Runs the installed fcos-predict, no PYTHONPATH.
 echo "parity: $((SECONDS - start)) s (not counting environment set-up)"
 exit $status

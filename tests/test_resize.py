@@ -1,6 +1,6 @@
 """Device-side resize (data.resize_on='device') against the host path and OpenCV's INTER_LINEAR (re-derived in
-NumPy): pixels within one level, the same boxes bit for bit, and batches of the shapes dataset that round-trip to
-the host path's batches."""
+NumPy): pixels within one level (the host path is exact: test_data_transforms), the same boxes bit for bit, and
+batches of the shapes dataset that round-trip to the host path's batches."""
 
 import jax
 import numpy as np
@@ -43,7 +43,8 @@ def host_and_device(short, max_size, flip, mode):
 
 
 def assert_same_pixels(got, want):
-  """Equal up to float rounding at exact halves: at most one level, and rarely."""
+  """Equal but where the device's float32 sampling grid rounds a coordinate otherwise than the host's float64 one:
+  at most one level, and rarely."""
   diff = np.abs(got.astype(np.int32) - want.astype(np.int32))
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 

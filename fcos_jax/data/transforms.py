@@ -17,14 +17,20 @@ def resized_size(size, short, max_size, mode):
   Returns (new int32 [2], scale float32 [2] (sy, sx), extent float32 [2]: s * (h, w) in 'paddle', new in
   'torchvision', where the image's far edges land). Pixels are sampled at (o + 0.5) / scale - 0.5, boxes scale by it.
   """
+  new, scale, extent = _resize_rule(size, short, max_size, mode)
+  return new, tf.cast(scale, tf.float32), extent
+
+
+def _resize_rule(size, short, max_size, mode):
+  """`resized_size` with the scale in float64, as OpenCV receives it (its sampling grid is computed from it)."""
   hw = tf.cast(size, tf.float64)
   s = tf.minimum(tf.cast(short, tf.float64) / tf.reduce_min(hw), float(max_size) / tf.reduce_max(hw))
   if mode == 'paddle':
     new = tf.maximum(tf.cast(tf.round(s * hw), tf.int32), 1)
-    return new, tf.cast(tf.stack([s, s]), tf.float32), tf.cast(s * hw, tf.float32)
+    return new, tf.stack([s, s]), tf.cast(s * hw, tf.float32)
   if mode == 'torchvision':
     new = tf.maximum(tf.cast(tf.floor(s * hw), tf.int32), 1)
-    return new, tf.cast(tf.cast(new, tf.float64) / hw, tf.float32), tf.cast(new, tf.float32)
+    return new, tf.cast(new, tf.float64) / hw, tf.cast(new, tf.float32)
   raise ValueError(f"resize mode {mode!r} must be 'paddle' or 'torchvision'")
 
 
@@ -36,40 +42,54 @@ def scale_boxes(boxes, scale, extent):
   return tf.clip_by_value(boxes, 0.0, tf.stack([extent[1], extent[0], extent[1], extent[0]]))
 
 
-def _taps(out_len, in_len, scale):
-  """Source taps of one axis: (lower [n] int32, upper [n] int32, weight of upper [n] float32), n = `out_len`.
+COEF_BITS = 11  # OpenCV's INTER_LINEAR weights for uint8: 11-bit fixed point.
 
-  Output pixel o samples the input at (o + 0.5) * (1 / scale) - 0.5, OpenCV's INTER_LINEAR grid; lower =
-  max(floor, 0), upper = min(floor + 1, in_len - 1), so the edge pixels repeat (fcos_jax.resize has the same taps).
+
+def _taps(out_len, in_len, scale, clamp_weights):
+  """Source taps of one axis as OpenCV's INTER_LINEAR computes them for uint8: (lower [n] int32, upper [n] int32,
+  weight of lower [n] int32, weight of upper [n] int32), weights in 1/2048ths, n = `out_len`.
+
+  Output pixel o samples the input at f = float32((o + 0.5) * (1 / scale) - 0.5), 1 / scale in float64; the taps
+  are floor(f) and floor(f) + 1, clamped into the image, weighted 1 - frac and frac, each rounded to 11 bits. Along
+  the columns (`clamp_weights`) a tap before the first or at or after the last pixel samples that edge pixel alone;
+  along the rows OpenCV keeps the weights there, both taps clamped onto the same row.
   """
-  source = (tf.range(out_len, dtype=tf.float32) + 0.5) * (1 / scale) - 0.5
+  source = tf.cast((tf.range(out_len, dtype=tf.float64) + 0.5) * (1 / scale) - 0.5, tf.float32)
   floor = tf.floor(source)
-  last = tf.cast(in_len - 1, tf.float32)
-  lower = tf.cast(tf.clip_by_value(floor, 0.0, last), tf.int32)
-  upper = tf.cast(tf.clip_by_value(floor + 1, 0.0, last), tf.int32)
-  return lower, upper, source - floor
+  frac = source - floor
+  floor = tf.cast(floor, tf.int32)
+  if clamp_weights:
+    frac = tf.where((floor < 0) | (floor >= in_len - 1), 0.0, frac)
+  one = float(1 << COEF_BITS)
+  return (tf.clip_by_value(floor, 0, in_len - 1), tf.clip_by_value(floor + 1, 0, in_len - 1),
+          tf.cast(tf.round((1 - frac) * one), tf.int32), tf.cast(tf.round(frac * one), tf.int32))
+
+
+def _between_rows(top, bottom, w_top, w_bottom):
+  """uint8 pixels from two rows of column-interpolated values (int32, x 2048) and the rows' 11-bit weights, as
+  OpenCV's vectorised INTER_LINEAR rounds them: each row >> 4, times its weight >> 16, summed, then (+ 2) >> 2."""
+  shift = tf.bitwise.right_shift
+  value = shift(shift(top, 4) * w_top, 16) + shift(shift(bottom, 4) * w_bottom, 16)
+  return tf.cast(tf.clip_by_value(shift(value + 2, 2), 0, 255), tf.uint8)
 
 
 def resize(image, boxes, short, max_size, mode):
   """Bilinear resize of uint8 `image` [h, w, 3] per `resized_size`; `boxes` [N, 4] scaled and clipped with it.
 
-  Output pixel o samples the input at (o + 0.5) / scale - 0.5 on each axis, edge pixels repeated: OpenCV's
-  INTER_LINEAR grid (whose 11-bit weights keep it within 1 level of this float arithmetic), rounded to uint8.
-  tf.image.resize cannot do it (it samples with new / old). The arithmetic is the device path's
-  (`fcos_jax.resize`), so that both give the same pixels.
-  Returns (image uint8 [h', w', 3], boxes [N, 4], scale float32 [2] (sy, sx)).
+  The pixels are cv2.resize(image, None, fx=sx, fy=sy, interpolation=INTER_LINEAR)'s, bit for bit: its sampling
+  grid (`_taps`), its 11-bit integer weights along the columns, its rounding between the rows (`_between_rows`).
+  (OpenCV alone switches to INTER_AREA for a scale of exactly 1/2; there the pixels are within 1 level.)
+  tf.image.resize cannot do it (it samples with new / old). `fcos_jax.resize` (the device path) shares the
+  arithmetic. Returns (image uint8 [h', w', 3], boxes [N, 4], scale float32 [2] (sy, sx)).
   """
   shape = tf.shape(image)
-  new, scale, extent = resized_size(shape[:2], short, max_size, mode)
-  y0, y1, wy = _taps(new[0], shape[0], scale[0])
-  x0, x1, wx = _taps(new[1], shape[1], scale[1])
-  # Along the rows first, on the input's h rows; then between the rows.
-  left = tf.cast(tf.gather(image, x0, axis=1), tf.float32)
-  right = tf.cast(tf.gather(image, x1, axis=1), tf.float32)
-  rows = left + (right - left) * wx[None, :, None]
-  top, bottom = tf.gather(rows, y0), tf.gather(rows, y1)
-  value = top + (bottom - top) * wy[:, None, None] + 0.5  # In [0.5, 255.5]: truncation rounds.
-  return tf.cast(value, tf.uint8), scale_boxes(boxes, scale, extent), scale
+  new, scale, extent = _resize_rule(shape[:2], short, max_size, mode)
+  y0, y1, b0, b1 = _taps(new[0], shape[0], scale[0], clamp_weights=False)
+  x0, x1, a0, a1 = _taps(new[1], shape[1], scale[1], clamp_weights=True)
+  pixels = tf.cast(image, tf.int32)
+  rows = tf.gather(pixels, x0, axis=1) * a0[None, :, None] + tf.gather(pixels, x1, axis=1) * a1[None, :, None]
+  resized = _between_rows(tf.gather(rows, y0), tf.gather(rows, y1), b0[:, None, None], b1[:, None, None])
+  return resized, scale_boxes(boxes, tf.cast(scale, tf.float32), extent), tf.cast(scale, tf.float32)
 
 
 def hflip_boxes(boxes, width):
