@@ -44,6 +44,7 @@ SUITES = {
         Case('assign', 'assign', ['--batch', '16', '--model-batch', '1', '--repeats', '3']),
         Case('postprocess', 'postprocess', []),
         Case('input_pipeline', 'input_pipeline', [], needs='tensorflow'),
+        Case('evaluation', 'evaluation', [], needs='tensorflow'),
         Case('dcn', 'dcn', []),
         Case('loop_overhead', 'loop_overhead', [], needs='tensorflow'),
     ],

@@ -116,16 +116,29 @@ def evaluate(config, model, variables, mesh, workdir, step=None, eval_step=None,
   variables = jax.device_put(variables, runtime.replicated(mesh))
   results, image_ids, start = [], list(info.missing_image_ids), time.perf_counter()
   num_unreadable = len(info.missing_image_ids)
-  for i, batch in enumerate(dataset):
-    batch, canvas = resize.split_canvas(batch)
-    out = jax.device_get(eval_step(variables, runtime.to_global(batch, mesh), canvas=canvas))
-    results += detections_to_coco(out, out, info.label_to_category)
+
+  def collect(out, done):
+    """One batch's outputs, fetched from the device, into the results."""
+    nonlocal num_unreadable
+    out = jax.device_get(out)
+    results.extend(detections_to_coco(out, out, info.label_to_category))
     unreadable = np.asarray(out['unreadable'], bool)
-    image_ids += np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist()
+    image_ids.extend(np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist())
     num_unreadable += int(unreadable.sum())
-    images = len(image_ids)
     if jax.process_index() == 0:
-      _progress(i + 1, info.num_batches, images, start)
+      _progress(done, info.num_batches, len(image_ids), start)
+
+  # One batch in flight: the next batch is read and dispatched before the previous one's outputs are fetched, so
+  # the device computes while the host converts results and reads input.
+  pending, dispatched = None, 0
+  for batch in dataset:
+    batch, canvas = resize.split_canvas(batch)
+    out = eval_step(variables, runtime.to_global(batch, mesh), canvas=canvas)
+    if pending is not None:
+      collect(pending, dispatched)
+    pending, dispatched = out, dispatched + 1
+  if pending is not None:
+    collect(pending, dispatched)
   if jax.process_index() != 0:
     return {}
   print(flush=True)

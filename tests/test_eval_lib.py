@@ -3,12 +3,13 @@ dataset with its categories in another order or fewer of them scores the model's
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import checkpoints, eval_lib
+from fcos_jax import checkpoints, eval_lib, runtime
 from fcos_jax.commands import evaluate as fcos_evaluate
 from fcos_jax.data import coco, synthetic
 from fcos_jax.model import fcos
@@ -228,3 +229,26 @@ def test_evaluate_maps_by_position_when_the_checkpoint_has_no_class_names(shapes
   fewer = [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross']  # By name this would evaluate.
   status, err = evaluate_command(monkeypatch, capsys, tmp_path, root, paths['none'], fewer)
   assert status == 2 and err[-1] == 'fcos-evaluate: error: The val split has 4 categories but model.num_classes is 5.'
+
+
+def test_evaluate_dispatches_the_next_batch_before_fetching_the_last(tmp_path, monkeypatch):
+  """One batch in flight: batch i + 1 is on the device before batch i's detections are fetched; the results are
+  those of every batch."""
+  root = synthetic.generate(str(tmp_path / 'data'), num_train=1, num_val=9, seed=0)  # Two batches of 8.
+  config = tiny_config()
+  config.model.num_classes = 5
+  config.data.update(dict(root=root, generate_synthetic=False))
+  config.eval.batch_size = 8
+  model = fcos.build_model(config.model)
+  mesh = runtime.create_mesh()
+  jitted, events = eval_lib.jit_eval_step(model, config, mesh), []
+
+  def eval_step(*args, **kwargs):
+    events.append('dispatch')
+    return jitted(*args, **kwargs)
+
+  fetch = jax.device_get
+  monkeypatch.setattr(jax, 'device_get', lambda tree: events.append('fetch') or fetch(tree))
+  eval_lib.evaluate(config, model, fcos.init_variables(model, 0), mesh, str(tmp_path / 'run'), eval_step=eval_step)
+  assert events == ['dispatch', 'dispatch', 'fetch', 'fetch']
+  assert json.loads((tmp_path / 'run' / 'metrics.json').read_text())['num_images'] == 9
