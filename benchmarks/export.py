@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime
 
 from benchmarks import inputs, timing, torchvision_fcos
-from fcos_jax import export, predict
+from fcos_jax import export, inference
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model import fcos
 from fcos_jax.recipes import r50_1x
@@ -30,7 +30,7 @@ from fcos_jax.recipes import r50_1x
 def runtimes(config, variables, canvas, workdir):
   """{name: (images, sizes) -> outputs with 'valid'} for every runtime, each loaded as its users load it."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  detect = jax.jit(predict.make_detect_fn(fcos.build_model(config.model), config))
+  detect = jax.jit(inference.make_detect_fn(fcos.build_model(config.model), config))
   on_device = jax.device_put(variables, jax.devices()[0])
   found = {'jax': lambda images, sizes: jax.block_until_ready(detect(on_device, images, sizes))}
   start = time.perf_counter()

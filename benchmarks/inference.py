@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import inputs, timing, torchvision_fcos
 from fcos_jax.recipes import r50_1x
-from fcos_jax import predict
+from fcos_jax import inference
 from fcos_jax.convert import torchvision as tv_convert
 from fcos_jax.model import fcos
 
@@ -86,7 +86,7 @@ def measure_detect(model, config, method, variables, data, repeats):
   """One row: the jitted detect function with postprocess.method `method` on `data` (images, sizes on device)."""
   config = config.copy_and_resolve_references()
   config.postprocess.method = method
-  step = jax.jit(predict.make_detect_fn(model, config))
+  step = jax.jit(inference.make_detect_fn(model, config))
   start = time.perf_counter()
   compiled = step.lower(variables, *data).compile()
   compile_s = time.perf_counter() - start

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from benchmarks import timing
-from fcos_jax import locations, losses, optim, postprocess, predict, targets, train_lib
+from fcos_jax import inference, locations, losses, optim, postprocess, targets, train_lib
 from fcos_jax.model import fcos
 from fcos_jax.model.fpn import FPN
 from fcos_jax.model.head import FCOSHead
@@ -145,7 +145,7 @@ def stages(config, batch, canvas, whole=False):
     train_batch = {'image': images_u8, 'size': sizes, 'boxes': boxes, 'labels': labels, 'valid': valid}
     out += [('whole', 'train step (one program)', train_lib.make_train_step(model, config, tx),
              (state, train_batch), False),
-            ('whole', 'detect fn, fast (one program)', predict.make_detect_fn(model, config),
+            ('whole', 'detect fn, fast (one program)', inference.make_detect_fn(model, config),
              (_like(variables), images_u8, sizes), False)]
   return out
 

@@ -12,7 +12,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import atomic, checkpoints, predict, resize, runtime
+from fcos_jax import atomic, checkpoints, inference, resize, runtime
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
@@ -33,7 +33,7 @@ def detections_to_coco(detections, batch, label_to_category, decimals=2):
   if batch.get('mask') is not None:
     keep = keep & np.asarray(batch['mask'], bool)[:, None]
   image, slot = np.nonzero(keep)
-  xyxy = predict.to_original_pixels(np.asarray(detections['boxes'])[image, slot], np.asarray(batch['scale'])[image])
+  xyxy = inference.to_original_pixels(np.asarray(detections['boxes'])[image, slot], np.asarray(batch['scale'])[image])
   xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=-1).round(decimals)
   categories = np.asarray(label_to_category)[np.asarray(detections['classes'])[image, slot]]
   image_ids = np.asarray(batch['image_id'])[image]
@@ -73,9 +73,9 @@ def coco_evaluate(coco_gt, results, image_ids=None):
 
 
 def make_eval_step(model, config):
-  """(variables, batch, canvas) -> detections of the predictor's `make_detect_fn` plus the batch's image_id, scale,
+  """(variables, batch, canvas) -> detections of `inference.make_detect_fn` plus the batch's image_id, scale,
   mask and unreadable. `canvas` (H, W) is static, default the batch's image shape (see fcos_jax.resize)."""
-  detect = predict.make_detect_fn(model, config)
+  detect = inference.make_detect_fn(model, config)
 
   def eval_step(variables, batch, canvas=None):
     images = resize.canvas_images(batch, canvas or batch['image'].shape[1:3], config.data.resize_on)

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from fcos_jax import boxes as box_ops
-from fcos_jax import checkpoints, export, predict
+from fcos_jax import checkpoints, export, inference, predict
 from fcos_jax.model import fcos
 from tests.test_predict import picture, tiny_config
 
@@ -95,7 +95,7 @@ def test_export_equals_the_jax_detector_at_batch_1_and_3(model_and_inputs, fmt, 
   config.postprocess.method = method
   path = export.export(config, variables, fmt, str(tmp_path / 'export'), CANVAS, ['a', 'b', 'c'], [4, 5, 6])
   got = run_export(fmt, path, inputs, tmp_path)
-  detect = jax.jit(predict.make_detect_fn(fcos.build_model(config.model), config))
+  detect = jax.jit(inference.make_detect_fn(fcos.build_model(config.model), config))
   for batch in (1, 3):
     want = jax.device_get(detect(variables, data[f'images_{batch}'], data[f'sizes_{batch}']))
     assert_same_detections({k: got[f'{k}_{batch}'] for k in want}, want)
@@ -111,7 +111,7 @@ def test_export_of_per_point_outputs(model_and_inputs, fmt, tmp_path):
   config, variables, data, inputs = model_and_inputs
   path = export.export(config, variables, fmt, str(tmp_path / 'export'), CANVAS, outputs='points')
   got = run_export(fmt, path, inputs, tmp_path)
-  detect = jax.jit(predict.make_detect_fn(fcos.build_model(config.model), config, outputs='points'))
+  detect = jax.jit(inference.make_detect_fn(fcos.build_model(config.model), config, outputs='points'))
   for batch in (1, 3):
     want = jax.device_get(detect(variables, data[f'images_{batch}'], data[f'sizes_{batch}']))
     assert got[f'scores_{batch}'].shape == want['scores'].shape == (batch, 682, 3)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fcos_jax import eval_lib, optim, predict, train_lib
+from fcos_jax import eval_lib, inference, optim, train_lib
 from fcos_jax.model import fcos
 from tests.test_predict import tiny_config
 
@@ -94,7 +94,7 @@ def test_eval_step_and_detect_fn_lower_for_cuda():
   for method in ('fast', 'paddle'):
     config.postprocess.method = method
     batch = abstract_batch(2, canvas, 'host')
-    lowers_for_cuda(predict.make_detect_fn(model, config), variables, batch['image'], batch['size'])
+    lowers_for_cuda(inference.make_detect_fn(model, config), variables, batch['image'], batch['size'])
 
 
 def test_roofline_stages_add_up_to_the_whole_programs():

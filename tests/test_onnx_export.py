@@ -11,12 +11,13 @@ import onnxruntime
 import pytest
 from jax import lax
 
-from fcos_jax import locations, onnx_export, postprocess
+from fcos_jax import locations, postprocess
+from fcos_jax.export import jaxpr_to_onnx, onnx_model
 from tests.test_predict import tiny_config
 
 
 def every_rule(x, y):
-  """x, y float32 [B, 4, 6] -> a dict of arrays computed with every primitive `onnx_export.RULES` handles."""
+  """x, y float32 [B, 4, 6] -> a dict of arrays computed with every primitive `jaxpr_to_onnx.RULES` handles."""
   a = jnp.exp(-jnp.abs(x)) + jnp.sqrt(jnp.abs(y)) * jnp.sign(x) - jnp.log(jnp.abs(x) + 1) / (jnp.square(y) + 1)
   b = jnp.maximum(jnp.tanh(x), lax.rsqrt(jnp.abs(y) + 1)) ** 3 + jnp.abs(jnp.minimum(x, y)) ** 2.5 + jax.nn.sigmoid(y)
   m = ((x < y) & (x <= 0.5)) | ~((x > y) | (x >= 1)) | (x == y)
@@ -51,8 +52,8 @@ def primitives(jaxpr):
 
 def test_every_rule_matches_jax_at_two_batch_sizes():
   spec = jax.ShapeDtypeStruct((jax.export.symbolic_shape('b')[0], 4, 6), jnp.float32)
-  assert set(onnx_export.RULES) <= primitives(jax.make_jaxpr(every_rule)(spec, spec).jaxpr)
-  model = onnx_export.to_onnx(every_rule, (spec, spec), ['x', 'y'])
+  assert set(jaxpr_to_onnx.RULES) <= primitives(jax.make_jaxpr(every_rule)(spec, spec).jaxpr)
+  model = jaxpr_to_onnx.to_onnx(every_rule, (spec, spec), ['x', 'y'])
   assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == 'batch'
   session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
   names = [o.name for o in session.get_outputs()]
@@ -70,7 +71,7 @@ def test_every_rule_matches_jax_at_two_batch_sizes():
 def test_an_unsupported_primitive_is_named():
   spec = jax.ShapeDtypeStruct((2, 5), jnp.float32)
   with pytest.raises(NotImplementedError, match="no rule for the JAX primitive 'cumsum'"):
-    onnx_export.to_onnx(lambda x: {'y': jnp.cumsum(x, axis=1)}, (spec,), ['x'])
+    jaxpr_to_onnx.to_onnx(lambda x: {'y': jnp.cumsum(x, axis=1)}, (spec,), ['x'])
 
 
 @pytest.mark.parametrize('method,top_k,max_detections', [('fast', 50, 40), ('paddle', 30, 40), ('fast', 3, 20),
@@ -88,8 +89,8 @@ def test_detections_head_equals_our_nms_with_ties_and_duplicates(method, top_k, 
   scores = (rng.integers(0, 8, (batch, num_points, num_classes)) / 8).astype(np.float32)  # Exact ties, 0.25 steps.
   spec = (jax.ShapeDtypeStruct((jax.export.symbolic_shape('b')[0], num_points, 4), jnp.float32),
           jax.ShapeDtypeStruct((jax.export.symbolic_shape('b')[0], num_points, num_classes), jnp.float32))
-  head = onnx_export.detections_head(cfg, [h * w for h, w in points.shapes], num_classes)
-  model = onnx_export.to_onnx(lambda b, s: {'boxes': b, 'scores': s}, spec, ['point_boxes', 'point_scores'], head)
+  head = onnx_model.detections_head(cfg, [h * w for h, w in points.shapes], num_classes)
+  model = jaxpr_to_onnx.to_onnx(lambda b, s: {'boxes': b, 'scores': s}, spec, ['point_boxes', 'point_scores'], head)
   session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
   outputs = session.run(None, {'point_boxes': boxes, 'point_scores': scores})
   got = dict(zip([o.name for o in session.get_outputs()], outputs))

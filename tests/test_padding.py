@@ -13,7 +13,7 @@ from fcos_jax.config import get_config
 from fcos_jax.model import fcos
 from fcos_jax.model.dcn import DeformConv2d
 from fcos_jax.model.layers import GroupNorm
-from fcos_jax import predict
+from fcos_jax import inference
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -140,8 +140,8 @@ def test_model_on_a_bigger_canvas_equals_the_model_on_the_extent(detector):
 
 def test_detections_do_not_depend_on_the_canvas_or_the_batch(detector):
   config, model, variables = detector
-  detect = jax.jit(predict.make_detect_fn(model, config))
-  points = jax.jit(predict.make_detect_fn(model, config, outputs='points'))
+  detect = jax.jit(inference.make_detect_fn(model, config))
+  points = jax.jit(inference.make_detect_fn(model, config, outputs='points'))
   image = picture(100, 150, 0)
   runs = [([image], (128, 160)), ([image, picture(120, 250, 1)], (128, 256)),
           ([picture(250, 380, 2), image, picture(30, 40, 3)], (256, 384))]

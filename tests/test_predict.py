@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcos_jax import eval_lib, postprocess, predict, runtime
+from fcos_jax import eval_lib, inference, postprocess, predict, runtime
 from fcos_jax.data import synthetic
 from fcos_jax.recipes import shapes
 import opencv_linear
@@ -61,7 +61,7 @@ def test_resize_is_evaluations_and_boxes_come_back_in_original_pixels(predictor,
   assert canvas == ((128, 256) if w >= h else (256, 128))
   pixels = np.zeros((1, *canvas, 3), np.uint8)
   pixels[0, :new_h, :new_w] = resized
-  detect = jax.jit(predict.make_detect_fn(predictor.model, predictor.config))
+  detect = jax.jit(inference.make_detect_fn(predictor.model, predictor.config))
   det = jax.device_get(detect(predictor.variables, pixels, np.array([[new_h, new_w]], np.int32)))
   (pred,) = predictor.predict([image])
   keep = det['valid'][0]

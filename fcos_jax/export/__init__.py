@@ -1,6 +1,6 @@
 """Export a detector for serving: StableHLO (jax.export), a TensorFlow SavedModel (jax2tf) or ONNX.
 
-Every format computes `predict.make_detect_fn` with the weights baked in, on one fixed canvas (H, W) and ANY batch
+Every format computes `inference.make_detect_fn` (`serving.serving_function`) with the weights baked in, on one fixed canvas (H, W) and ANY batch
 size (a symbolic batch dimension):
   inputs   images uint8 [B, H, W, 3] RGB: each image resized as `Predictor.resize` does and placed at the top-left
            of a zero canvas; sizes int32 [B, 2]: (h, w) of each resized image.
@@ -12,24 +12,21 @@ Beside the model, `contract.json` records the canvas, class names, category ids 
 padding invariance included: each image is computed on its size rounded up to data.pad_stride (from `sizes`), so
 its outputs do not depend on the canvas or on the other images of the batch.
 
-ONNX (opset 18, for onnxruntime) is written by our own jaxpr translator (`fcos_jax.onnx_export`: the network and
+One module per format: `stablehlo`, `savedmodel` (TensorFlow imported only there) and `onnx_model` (opset 18, for
+onnxruntime; the optional onnx package), written by our own jaxpr translator (`jaxpr_to_onnx`: the network and
 decode traced from the same function); its detections come from ONNX's NonMaxSuppression plus a top-K
-(`onnx_export.detections_head`), the same detections as `postprocess.detect` for 'fast' (see there for 'paddle').
+(`onnx_model.detections_head`), the same detections as `postprocess.detect` for 'fast' (see there for 'paddle').
 
   fcos-export --checkpoint CKPT --out DIR --format stablehlo|savedmodel|onnx [--canvas H W]   (fcos_jax.commands.export)
 """
 
-import contextlib
 import os
 
-import jax
-import jax.numpy as jnp
-
-from fcos_jax import atomic, errors, locations, predict
-from fcos_jax.model import fcos
+from fcos_jax import atomic, errors, locations
+from fcos_jax.export import savedmodel, stablehlo
+from fcos_jax.export.serving import PLATFORMS, serving_function
 
 FORMATS = {'stablehlo': 'model.stablehlo', 'savedmodel': 'saved_model', 'onnx': 'model.onnx'}
-PLATFORMS = ('cpu', 'cuda')
 # Per data.resize_mode (`fcos_jax.data.transforms.resized_size`): how to resize an image, how to map boxes back.
 RESIZE_RULES = {
     'paddle': ('s = min(short_side / min(h, w), max_size / max(h, w)); new = round(s * (h, w)), halves to even; '
@@ -40,82 +37,6 @@ RESIZE_RULES = {
                     'half-pixel centres (sampled at (o + 0.5) * old / new - 0.5), no antialiasing, rounded to uint8',
                     'x / (new_w / w), y / (new_h / h)'),
 }
-
-
-def serving_function(config, variables, outputs='detections'):
-  """(images, sizes) -> dict of arrays: `make_detect_fn` with `variables` as constants."""
-  detect = predict.make_detect_fn(fcos.build_model(config.model), config, outputs)
-  return lambda images, sizes: detect(variables, images, sizes)
-
-
-def input_specs(canvas, batch='b'):
-  """Abstract (images, sizes) with a symbolic batch dimension named `batch`."""
-  b, = jax.export.symbolic_shape(batch)
-  return jax.ShapeDtypeStruct((b, *canvas, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 2), jnp.int32)
-
-
-def export_stablehlo(fn, canvas, path):
-  """Serialized `jax.export.Exported` for CPU and CUDA; reload with `jax.export.deserialize(bytes).call(...)`."""
-  exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(*input_specs(canvas))
-  with open(path, 'wb') as f:
-    f.write(exported.serialize())
-
-
-@contextlib.contextmanager
-def _stablehlo_12_weeks_old():
-  """Serialize StableHLO 12 weeks old instead of jax.export's 4: TensorFlow's XlaCallModule lags JAX (TF 2.21 reads
-  StableHLO <= 1.13.7, jax 0.10.2 writes 1.15.0 by default)."""
-  from jax._src.export import _export  # pylint: disable=g-import-not-at-top  (private: only for this workaround)
-  hlo = _export.hlo
-  real = hlo.get_version_from_compatibility_requirement
-  hlo.get_version_from_compatibility_requirement = lambda _: real(hlo.StablehloCompatibilityRequirement.WEEK_12)
-  try:
-    yield
-  finally:
-    hlo.get_version_from_compatibility_requirement = real
-
-
-def export_savedmodel(fn, canvas, path):
-  """A SavedModel whose `serve(images, sizes)` (also the 'serving_default' signature) runs `fn` natively
-  serialized (an XlaCallModule op for CPU and CUDA); loading it needs TensorFlow only.
-
-  The module is exported for one image and mapped over the batch (tf.map_fn): TF 2.21's XlaCallModule cannot
-  refine a batch-polymorphic lax.top_k as jax 0.10 serializes it ("Module has dynamic shapes").
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (TensorFlow only for the SavedModel format)
-  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top  (needs TensorFlow)
-  h, w = canvas
-  one = jax2tf.convert(lambda image, size: jax.tree_util.tree_map(lambda x: x[0], fn(image[None], size[None])),
-                       with_gradient=False, native_serialization_platforms=PLATFORMS)
-  spec = jax.eval_shape(lambda i, s: jax.tree_util.tree_map(lambda x: x[0], fn(i[None], s[None])),
-                        jax.ShapeDtypeStruct((h, w, 3), jnp.uint8), jax.ShapeDtypeStruct((2,), jnp.int32))
-  signature = {k: tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for k, v in spec.items()}
-
-  def serve(images, sizes):
-    return tf.map_fn(lambda pair: one(*pair), (images, sizes), fn_output_signature=signature)
-
-  module = tf.Module()
-  module.serve = tf.function(serve, autograph=False, input_signature=[
-      tf.TensorSpec([None, h, w, 3], tf.uint8, name='images'), tf.TensorSpec([None, 2], tf.int32, name='sizes')])
-  with _stablehlo_12_weeks_old():
-    tf.saved_model.save(module, path, signatures={'serving_default': module.serve})
-
-
-def export_onnx(config, variables, canvas, path, outputs):
-  """An ONNX model (symbolic dim 'batch') computing `make_detect_fn`'s 'points', then, for 'detections', the
-  NonMaxSuppression head; run it with `onnxruntime.InferenceSession(path).run(None, {'images': .., 'sizes': ..})`."""
-  try:
-    from fcos_jax import onnx_export  # pylint: disable=g-import-not-at-top  (the optional onnx package)
-  except ImportError as e:
-    raise ImportError(f"the onnx format needs the onnx package: pip install 'fcos_jax[export]' ({e})") from None
-  head = None
-  if outputs == 'detections':
-    level_sizes = [h * w for h, w in locations.points_from_config(canvas, config).shapes]
-    head = onnx_export.detections_head(config.postprocess, level_sizes, config.model.num_classes)
-  model = onnx_export.to_onnx(serving_function(config, variables, 'points'), input_specs(canvas),
-                              ['images', 'sizes'], head)
-  with open(path, 'wb') as f:
-    f.write(model.SerializeToString())
 
 
 def contract(fmt, config, canvas, class_names, category_ids, outputs):
@@ -131,7 +52,7 @@ def contract(fmt, config, canvas, class_names, category_ids, outputs):
       'points': {'boxes': f'float32 [B, {num_points}, 4] xyxy canvas pixels, one box per point',
                  'scores': f'float32 [B, {num_points}, {c}] per point and class, before any threshold or NMS'}}
   if fmt == 'onnx' and outputs == 'detections':
-    nms = ('ONNX NonMaxSuppression + TopK (onnx_export.detections_head): the same detections as fcos_jax for '
+    nms = ('ONNX NonMaxSuppression + TopK (onnx_model.detections_head): the same detections as fcos_jax for '
            "'fast'" + ("; for 'paddle', two touching zero-area boxes never suppress each other here"
                        if p.method == 'paddle' else ''))
   else:
@@ -178,10 +99,14 @@ def export(config, variables, fmt: str, out: str, canvas=None, class_names=None,
   with atomic.directory(out) as staging:
     path = os.path.join(staging, FORMATS[fmt])
     if fmt == 'onnx':
-      export_onnx(config, variables, canvas, path, outputs)
+      try:
+        from fcos_jax.export import onnx_model  # pylint: disable=g-import-not-at-top  (the optional onnx package)
+      except ImportError as e:
+        raise ImportError(f"the onnx format needs the onnx package: pip install 'fcos_jax[export]' ({e})") from None
+      onnx_model.export_onnx(config, variables, canvas, path, outputs)
     else:
       fn = serving_function(config, variables, outputs)
-      (export_stablehlo if fmt == 'stablehlo' else export_savedmodel)(fn, canvas, path)
+      (stablehlo.export_stablehlo if fmt == 'stablehlo' else savedmodel.export_savedmodel)(fn, canvas, path)
     atomic.write_json(os.path.join(staging, 'contract.json'),
                       contract(fmt, config, canvas, class_names, category_ids, outputs), 1)
   return os.path.join(out, FORMATS[fmt])
