@@ -1,4 +1,4 @@
-"""Evaluation throughput: `eval_lib.evaluate` over a generated shapes split, images/s once compiled.
+"""Evaluation throughput: `eval_lib.Evaluator.run` over a generated shapes split, images/s once compiled.
 
 Builds the shapes recipe's model with random weights (so the post-processing keeps its full count of detections),
 generates a split of --images validation images and runs the real evaluation (tf.data reading and resizing,
@@ -38,13 +38,12 @@ def main(argv=None):
     config.eval.batch_size = args.batch
     model = fcos.build_model(config.model)
     variables = fcos.init_variables(model, 0)
-    mesh = runtime.create_mesh()
-    eval_step = eval_lib.jit_eval_step(model, config, mesh)
+    evaluator = eval_lib.Evaluator(config, model, runtime.create_mesh())
     seconds = []
     for _ in range(args.repeats + 1):
       start = time.perf_counter()
       with contextlib.redirect_stdout(io.StringIO()):
-        eval_lib.evaluate(config, model, variables, mesh, os.path.join(tmp, 'run'), eval_step=eval_step)
+        evaluator.run(variables, os.path.join(tmp, 'run'))
       seconds.append(time.perf_counter() - start)
   later = seconds[1:]
   rows = [{'images': args.images, 'batch': args.batch, 'first run s (compiles)': seconds[0],

@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks import timing
 from fcos_jax import optim, runtime, train_lib
-from fcos_jax.data import pipeline, synthetic
+from fcos_jax.data import iterator, pipeline, synthetic
 from fcos_jax.model import fcos
 from fcos_jax.recipes import shapes
 
@@ -38,17 +38,17 @@ def tiny_config(root, steps, log_every):
 def loop_times(config, workdir):
   """Per batch request of the loop: (main-thread CPU s, wall s) since the previous request."""
   marks = []
-  original = pipeline.BatchIterator.__next__
+  original = iterator.BatchIterator.__next__
 
   def marked(self):
     marks.append((time.thread_time(), time.perf_counter()))
     return original(self)
 
-  pipeline.BatchIterator.__next__ = marked
+  iterator.BatchIterator.__next__ = marked
   try:
     train_lib.train_and_evaluate(config, workdir)
   finally:
-    pipeline.BatchIterator.__next__ = original
+    iterator.BatchIterator.__next__ = original
   return np.diff(np.array(marks), axis=0)
 
 

@@ -14,6 +14,7 @@ import logging
 import numbers
 import os
 import re
+from typing import Sequence
 
 from absl import flags
 import ml_collections
@@ -22,7 +23,7 @@ from ml_collections import config_flags
 from fcos_jax.errors import ConfigError
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
   """The defaults: FCOS R50-FPN with PaddleDetection's 1x recipe. Override any field from the command line,
   e.g. `--config.optimizer.lr=0.02`; unknown keys are rejected."""
   c = ml_collections.ConfigDict()
@@ -185,7 +186,7 @@ def _did_you_mean(name, candidates, quote=False):
   return f' (did you mean {close[0]!r}?)' if quote else f' (did you mean {close[0]}?)'
 
 
-def unknown_field_problem(path):
+def unknown_field_problem(path: str) -> str | None:
   """The problem with the dotted field name `path` ('train.batch_size'), or None if the schema has that field or
   section. Names the closest field, so that a typo on the command line reads as one clear line."""
   schema = _leaves(get_config())
@@ -252,44 +253,56 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   """
   if uses not in USES:
     raise ValueError(f'uses={uses!r} must be one of {USES}')
-  trains, reads_data = uses == 'train', uses != 'predict'
   problems = _schema_problems(config)
   if problems:  # The checks below rely on every field being there, with its type.
     raise ConfigError(_invalid(problems))
-  values = _leaves(config)
+  check = _Checks(_leaves(config))
+  _check_values(check, config)
+  _check_model(check, config)
+  _check_data(check, config, trains=uses == 'train', reads_data=uses != 'predict')
+  _check_processes(check, config, num_devices, trains=uses == 'train')
+  if check.problems:
+    raise ConfigError(_invalid(check.problems))
+  return config
 
-  def need(ok, message):
+
+class _Checks:
+  """The problems found so far, and the checks that add to them, over the config's leaves {dotted path: value}."""
+
+  def __init__(self, values):
+    self.values, self.problems = values, []
+
+  def need(self, ok, message):
     if not ok:
-      problems.append(message)
+      self.problems.append(message)
 
-  def one_of(path, allowed):
-    value = values[path]
+  def one_of(self, path, allowed):
+    value = self.values[path]
     hint = _did_you_mean(value, allowed, quote=True) if isinstance(value, str) else ''
-    need(value in allowed, f'{path}={value!r} must be one of {", ".join(map(repr, allowed))}{hint}')
+    self.need(value in allowed, f'{path}={value!r} must be one of {", ".join(map(repr, allowed))}{hint}')
 
-  def at_least(low, *paths):
+  def at_least(self, low, *paths):
     for path in paths:
-      need(values[path] >= low, f'{path}={values[path]} must be {"positive" if low == 1 else f">= {low}"}')
+      self.need(self.values[path] >= low, f'{path}={self.values[path]} must be '
+                f'{"positive" if low == 1 else f">= {low}"}')
 
-  m, d, t, o, a = config.model, config.data, config.train, config.optimizer, config.assign
-  one_of('model.depth', DEPTHS)
-  one_of('model.dcn_head', DCN_HEADS)
-  one_of('model.backbone_norm', BACKBONE_NORMS)
-  one_of('model.dtype', DTYPES)
-  one_of('loss.quality', LOSS_QUALITIES)
-  one_of('postprocess.method', POSTPROCESS_METHODS)
-  one_of('data.source', DATA_SOURCES)
-  one_of('data.resize_on', RESIZE_SIDES)
-  one_of('data.resize_mode', RESIZE_MODES)
 
-  at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs', 'model.gn_groups',
-           'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',
-           'train.grad_accum_steps', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
-           'train.keep_checkpoints', 'train.stop_sync_every', 'optimizer.base_batch_size', 'postprocess.pre_nms_top_k',
-           'postprocess.max_detections', 'eval.batch_size')
-  at_least(0, 'seed', 'data.threads', 'train.eval_every', 'optimizer.warmup_steps', 'optimizer.weight_decay',
-           'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images')
-  at_least(-1, 'model.freeze_at')
+def _check_values(check, config):
+  """Each field on its own: enumerations, counts and ranges."""
+  need, m, o, a, p = check.need, config.model, config.optimizer, config.assign, config.postprocess
+  for path, allowed in (('model.depth', DEPTHS), ('model.dcn_head', DCN_HEADS), ('model.backbone_norm', BACKBONE_NORMS),
+                        ('model.dtype', DTYPES), ('loss.quality', LOSS_QUALITIES),
+                        ('postprocess.method', POSTPROCESS_METHODS), ('data.source', DATA_SOURCES),
+                        ('data.resize_on', RESIZE_SIDES), ('data.resize_mode', RESIZE_MODES)):
+    check.one_of(path, allowed)
+  check.at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs',
+                 'model.gn_groups', 'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',
+                 'train.grad_accum_steps', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
+                 'train.keep_checkpoints', 'train.stop_sync_every', 'optimizer.base_batch_size',
+                 'postprocess.pre_nms_top_k', 'postprocess.max_detections', 'eval.batch_size')
+  check.at_least(0, 'seed', 'data.threads', 'train.eval_every', 'optimizer.warmup_steps', 'optimizer.weight_decay',
+                 'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images')
+  check.at_least(-1, 'model.freeze_at')
   need(m.freeze_at <= 3, f'model.freeze_at={m.freeze_at} must be at most 3 (the stem and res2..res5 frozen)')
   need(o.lr > 0, f'optimizer.lr={o.lr} must be positive')
   need(0 <= o.momentum < 1, f'optimizer.momentum={o.momentum} must be in [0, 1)')
@@ -299,13 +312,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   need(all(_is_int(s) and s > 0 for s in decay) and decay == sorted(decay),
        f'optimizer.decay_steps {tuple(decay)} must be increasing positive integers')
   need(config.loss.focal_alpha <= 1, f'loss.focal_alpha={config.loss.focal_alpha} must be at most 1 (< 0: off)')
-  p = config.postprocess
   need(0 <= p.score_threshold < 1, f'postprocess.score_threshold={p.score_threshold} must be in [0, 1)')
   need(0 <= p.nms_iou <= 1, f'postprocess.nms_iou={p.nms_iou} must be in [0, 1]')
   need(0 < m.prior_prob < 1, f'model.prior_prob={m.prior_prob} must be in (0, 1)')
   need(0 <= a.point_offset < 1, f'assign.point_offset={a.point_offset} must be in [0, 1)')
 
-  # The model.
+
+def _check_model(check, config):
+  """The model's fields together, and the assignment's size bounds (one per boundary between FPN levels)."""
+  need, m = check.need, config.model
   need(tuple(m.strides) == STRIDES, f'model.strides {tuple(m.strides)} must be {STRIDES} (P3..P7 of this FPN)')
   need(len(m.pixel_mean) == 3 and len(m.pixel_std) == 3 and min(m.pixel_std) > 0,
        f'model.pixel_mean {tuple(m.pixel_mean)} and model.pixel_std {tuple(m.pixel_std)} must be 3 values (RGB), '
@@ -323,14 +338,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     need(m.stem_width <= 0 or all(w % min(32, w) == 0 for w in widths),
          f'model.stem_width={m.stem_width}: with model.backbone_norm=group_norm every backbone width must be '
          'divisible by its min(32, width) groups (e.g. a multiple of 32, or 8 or 16)')
-
-  # Target assignment.
-  bounds = list(a.size_bounds)
+  bounds = list(config.assign.size_bounds)
   need(len(bounds) == len(STRIDES) - 1 and bounds == sorted(bounds) and len(set(bounds)) == len(bounds)
        and min(bounds, default=0) > 0,
        f'assign.size_bounds {tuple(bounds)} must be {len(STRIDES) - 1} increasing positive values')
 
-  # Data.
+
+def _check_data(check, config, trains, reads_data):
+  """The data section: where it is read from (when the command reads data), sizes, padding and canvases."""
+  need, d, t = check.need, config.data, config.train
   if reads_data and d.source == 'folder':
     need(bool(d.root), "data.root is empty: set it to a COCO-format folder (or data.source='tfds')")
   elif reads_data:
@@ -353,7 +369,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   need(d.train_split != d.val_split or (d.train_images, d.train_annotations) == (d.val_images, d.val_annotations),
        f'data.train_split and data.val_split are both {d.train_split!r} but their images/annotations paths differ')
 
-  # Processes and devices.
+
+def _check_processes(check, config, num_devices, trains):
+  """The processes' coordination, and batches that split evenly over the devices (once their number is known)."""
+  need, t = check.need, config.train
   if t.coordinator_address:
     need(re.fullmatch(r'[^:\s]+:\d+', t.coordinator_address) is not None,
          f'train.coordinator_address={t.coordinator_address!r} must be host:port')
@@ -370,12 +389,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
          if k > 1 else f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices')
     need(config.eval.batch_size % num_devices == 0,
          f'eval.batch_size={config.eval.batch_size} is not divisible by the {num_devices} devices')
-  if problems:
-    raise ConfigError(_invalid(problems))
-  return config
 
 
-def learning_rate(config):
+def learning_rate(config: ml_collections.ConfigDict) -> float:
   """The peak learning rate: optimizer.lr scaled linearly from base_batch_size to train.batch_size."""
   o = config.optimizer
   return o.lr * config.train.batch_size / o.base_batch_size
@@ -384,12 +400,12 @@ def learning_rate(config):
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'recipes')
 
 
-def recipe_names():
+def recipe_names() -> list[str]:
   """Names of the recipes shipped with the package."""
   return sorted(f[:-3] for f in os.listdir(RECIPES_DIR) if f.endswith('.py') and not f.startswith('_'))
 
 
-def recipe_path(name_or_path):
+def recipe_path(name_or_path: str) -> str:
   """The file of a config: a shipped recipe's name (`r50_1x`) or the path of any config file."""
   if os.path.isfile(name_or_path):
     return name_or_path
@@ -432,7 +448,7 @@ def _override_problem(arg, schema):
   return None
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Sets the `--config.FIELD=VALUE` overrides on `config` with ml_collections' parsers (types kept)."""
   schema = _leaves(get_config())
   problems = [_override_problem(arg, schema) for arg in overrides if override_path(arg)]
@@ -456,8 +472,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides=()) -> ml_colle
 PATH_FIELDS = ('data.root', 'data.tfds_data_dir', 'train.init_checkpoint')
 
 
-def load(name_or_path: str | None = None, overrides=(), recorded: ml_collections.ConfigDict | None = None,
-         uses: str = 'train') -> ml_collections.ConfigDict:
+def load(name_or_path: str | None = None, overrides: Sequence[str] = (),
+         recorded: ml_collections.ConfigDict | None = None, uses: str = 'train') -> ml_collections.ConfigDict:
   """The config every command runs with: a recipe's name or a config file's path (else `recorded`, e.g. a
   checkpoint's config), with the `--config.FIELD=VALUE` `overrides`, validated for what the command `uses` (all but
   the device count, checked once the processes have joined), its paths made absolute."""
@@ -470,7 +486,7 @@ def load(name_or_path: str | None = None, overrides=(), recorded: ml_collections
   return config
 
 
-def to_dict(config):
+def to_dict(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON types (tuples become lists), for config.json and checkpoint metadata."""
   return json.loads(json.dumps(config.to_dict()))
 
@@ -481,7 +497,7 @@ def _restore_tuples(default, value):
   return value
 
 
-def from_dict(values):
+def from_dict(values: dict) -> ml_collections.ConfigDict:
   """A config with the fields of `values` (as from `to_dict`) over today's defaults.
 
   Keys the schema no longer has are left out with a warning, so configs saved by older versions still load.

@@ -1,19 +1,29 @@
 """The inference seam: pixels to boxes, shared by the `Predictor`, evaluation and every export format.
 
 `make_detect_fn` is the pure function (variables, uint8 canvases [B, H, W, 3], resized sizes [B, 2]) -> detections
-in canvas pixels; `to_original_pixels` maps them back through the resize scale.
+in canvas pixels; `to_original_pixels` maps them back through the resize scale; `load_detector` reads a checkpoint
+(a trained or converted one) into the model its config builds.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from fcos_jax import boxes as box_ops
-from fcos_jax import locations, postprocess
+from fcos_jax import checkpoints, locations, postprocess
 from fcos_jax.model import fcos
 
 
-def make_detect_fn(model, config, outputs='detections'):
+def load_detector(path: str, config: ml_collections.ConfigDict) -> tuple[nn.Module, dict]:
+  """(model, variables) of the checkpoint directory `path`: the model of `config.model`, the variables read into the
+  shapes it defines (a checkpoint of another architecture is a CheckpointError naming what differs)."""
+  model = fcos.build_model(config.model)
+  return model, checkpoints.load_variables(path, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
+
+
+def make_detect_fn(model: nn.Module, config: ml_collections.ConfigDict, outputs: str = 'detections'):
   """The pure inference function (variables, images, sizes) -> dict of arrays, for any canvas and batch size.
 
   `images` uint8 [B, H, W, 3] RGB, each resized image at the top-left of its zero-padded canvas (H, W multiples of
@@ -48,7 +58,7 @@ def make_detect_fn(model, config, outputs='detections'):
   return detect
 
 
-def to_original_pixels(boxes, scale):
+def to_original_pixels(boxes: np.ndarray, scale: np.ndarray) -> np.ndarray:
   """xyxy canvas-pixel `boxes` [..., 4] / the resize `scale` [..., 2] (sy, sx) -> float64 original pixels."""
   sy, sx = np.moveaxis(np.asarray(scale, np.float64), -1, 0)
   return np.asarray(boxes, np.float64) / np.stack([sx, sy, sx, sy], axis=-1)

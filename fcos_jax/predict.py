@@ -1,22 +1,28 @@
 """Prediction: images (paths, encoded bytes or uint8 arrays of any size) -> detections in original image pixels.
 
 The `Predictor` wraps the inference seam (`fcos_jax.inference.make_detect_fn`, shared with evaluation and the
-exports) with what a user needs around it: decoding (gray, RGBA, CMYK -> RGB, as the input pipeline decodes), the evaluation resize
-(`fcos_jax.data.transforms.resize`, the same TensorFlow ops, so the same pixels), canvas buckets, batches padded to a
-fixed size (one compiled program per canvas, reused), and boxes mapped back to the original pixels.
+exports) with what a user needs around it: decoding (gray, RGBA, CMYK -> RGB, as the input pipeline decodes), the
+evaluation resize (`fcos_jax.data.transforms.resize`, the same TensorFlow ops, so the same pixels), canvas buckets,
+batches padded to a fixed size (one compiled program per canvas, reused), and boxes mapped back to the original
+pixels.
 
 `fcos-predict --checkpoint CKPT INPUTS... --out DIR` draws and writes the detections (fcos_jax.commands.predict).
 """
 
 import dataclasses
 import os
+from typing import Sequence, Union
 
 import jax
+import ml_collections
 import numpy as np
 
 from fcos_jax import checkpoints, inference
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
+
+
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray]  # A file path, encoded bytes, or a uint8 array.
 
 
 class UnreadableImageError(ValueError):
@@ -28,21 +34,21 @@ def _tf():
   return tf
 
 
-def decode(encoded, name):
-  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (`coco.decode_pixels`: JPEGs
+def decode(encoded: bytes, name: str) -> np.ndarray:
+  """Encoded image bytes -> uint8 RGB [h, w, 3], decoded as the input pipeline decodes (`decoding.decode_pixels`: JPEGs
   as OpenCV decodes them, gray repeated, alpha dropped, CMYK converted); raises UnreadableImageError naming `name`."""
   tf = _tf()
-  from fcos_jax.data import coco  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  problem = coco.integrity_problem(tf.constant(encoded)).numpy().decode()
+  from fcos_jax.data import decoding  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  problem = decoding.integrity_problem(tf.constant(encoded)).numpy().decode()
   if problem:
     raise UnreadableImageError(f'{name}: {problem}')
   try:
-    return coco.decode_pixels(tf.constant(encoded)).numpy()
+    return decoding.decode_pixels(tf.constant(encoded)).numpy()
   except tf.errors.OpError as e:
     raise UnreadableImageError(f'{name}: {e.message}') from None
 
 
-def as_rgb(array, name):
+def as_rgb(array: np.ndarray, name: str) -> np.ndarray:
   """A uint8 array [h, w], [h, w, 1], [h, w, 3] or [h, w, 4] -> RGB [h, w, 3] (gray repeated, alpha dropped, as
   decoding does); other shapes or dtypes raise ValueError naming `name`."""
   array = np.asarray(array)
@@ -56,7 +62,7 @@ def as_rgb(array, name):
   return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else np.ascontiguousarray(array[..., :3])
 
 
-def load_image(item, name=None):
+def load_image(item: ImageInput, name: str | None = None) -> tuple[np.ndarray, str]:
   """An input (path, encoded bytes or uint8 array) -> (uint8 RGB [h, w, 3], name for messages)."""
   if isinstance(item, (str, os.PathLike)):
     name = name or os.fspath(item)
@@ -93,7 +99,8 @@ class Predictor:
   jitted `make_detect_fn`, compiled once per canvas and reused for every later call.
   """
 
-  def __init__(self, config, variables, class_names=None, category_ids=None, batch_size=None):
+  def __init__(self, config: ml_collections.ConfigDict, variables: dict, class_names: Sequence[str] | None = None,
+               category_ids: Sequence[int] | None = None, batch_size: int | None = None):
     config_lib.validate(config, num_devices=1, uses='predict')
     num_classes = config.model.num_classes
     self.config = config
@@ -110,18 +117,19 @@ class Predictor:
     self._resize = None
 
   @classmethod
-  def from_checkpoint(cls, path, config=None, class_names=None, category_ids=None, batch_size=None):
+  def from_checkpoint(cls, path: str, config: ml_collections.ConfigDict | None = None,
+                      class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
+                      batch_size: int | None = None) -> 'Predictor':
     """A predictor from a checkpoint directory: its config, class names and category ids come from the metadata
     that training and the converters write beside it; `config` (a ConfigDict) overrides the stored one and is
     required for checkpoints without metadata, `class_names` / `category_ids` override the stored ones."""
     metadata = checkpoints.read_metadata(path) or {}
     config = checkpoints.config_from_checkpoint(path, config)
-    model = fcos.build_model(config.model)
-    variables = checkpoints.load_variables(path, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
+    _, variables = inference.load_detector(path, config)
     return cls(config, variables, class_names or metadata.get('class_names'),
                category_ids or metadata.get('category_ids'), batch_size)
 
-  def resize(self, image):
+  def resize(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 RGB [h, w, 3] -> (resized uint8 [h', w', 3], scale float32 [2] (sy, sx)), evaluation's resize."""
     if self._resize is None:
       tf = _tf()
@@ -133,12 +141,12 @@ class Predictor:
     resized, scale = self._resize(image)
     return resized.numpy(), scale.numpy()
 
-  def canvas_of(self, image_size):
+  def canvas_of(self, image_size: tuple[int, int]) -> tuple[int, int]:
     """The canvas (H, W) of an original image size (h, w): the bucket evaluation puts it in."""
     from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     return self.canvases[int(transforms.canvas_index(np.asarray(image_size), self.canvases))]
 
-  def predict(self, images, names=None):
+  def predict(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
     """Detections of each of `images` (paths, encoded bytes, uint8 arrays; any number), in order.
 
     Unreadable inputs raise UnreadableImageError naming them (`names[i]` if given); nothing is computed then.
@@ -147,7 +155,8 @@ class Predictor:
     loaded = [load_image(item, name) for item, name in zip(images, names)]
     return self.predict_arrays([image for image, _ in loaded], [name for _, name in loaded])
 
-  def predict_arrays(self, images, names=None):
+  def predict_arrays(self, images: Sequence[np.ndarray],
+                     names: Sequence[str] | None = None) -> list[Prediction]:
     """`predict` for decoded uint8 RGB arrays [h, w, 3]."""
     names = names or [f'image {i}' for i in range(len(images))]
     prepared = []

@@ -7,14 +7,16 @@ a resumed run continues exactly where the saved one was. Process 0 prints and wr
 through clu's SummaryWriter, metrics_step*.json, train_metrics.json); preemption.py stops every process together.
 """
 
-import logging
+import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -23,8 +25,6 @@ from fcos_jax import config as config_lib
 from fcos_jax import eval_lib, locations, losses, optim, preemption, resize, runtime, targets
 from fcos_jax import workdir as workdir_lib
 from fcos_jax.model import fcos
-
-log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -35,7 +35,7 @@ class TrainState:
   opt_state: Any
 
 
-def make_train_step(model, config, tx):
+def make_train_step(model: nn.Module, config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> Callable:
   """The pure step: targets and loss normalisers of the whole global batch, then forward and backward over its
   `train.grad_accum_steps` micro-batches (a scan holding one micro-batch's activations at a time, summing their
   gradients), then the optimizer update.
@@ -96,7 +96,8 @@ def make_train_step(model, config, tx):
   return train_step
 
 
-def create_state(model, tx, config, mesh):
+def create_state(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                 mesh: jax.sharding.Mesh) -> tuple[TrainState, Any]:
   """A replicated TrainState: shapes from jax.eval_shape, values from one jitted init with out_shardings."""
   def init():
     variables = fcos.init_variables(model, config.seed)
@@ -151,43 +152,96 @@ def _describe(config, mesh):
           f'{micro} on {mesh.devices.size} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)')
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluates, returns the final metrics.
 
   Process 0 prints the progress and writes every file (TensorBoard, metrics*.json, train_metrics.json); all
   processes save checkpoints together. SIGTERM or SIGINT on any process saves the same step everywhere and returns.
   """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  run = _prepare(config, workdir)
+  try:
+    with run.stop:
+      finished, metrics = _train(run)
+      if not finished:
+        return metrics
+      run.manager.wait_until_finished()
+      skipped = run.dataset.stats.summary_line()
+      if skipped:
+        run.say(skipped)
+      results = _evaluate(run) if config.train.final_eval else {}
+    if runtime.is_main_process():
+      atomic.write_json(os.path.join(workdir, 'train_metrics.json'),
+                        {'step': run.step, **metrics, **run.dataset.stats.summary()}, indent=1)
+    return results
+  finally:
+    run.manager.wait_until_finished()
+    run.manager.close()
+    run.writer.close()
 
+
+@dataclasses.dataclass
+class _Run:
+  """What one training run holds from its set-up to its end."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  say: Callable[[str], None]  # Prints on process 0 only.
+  stop: preemption.StopRequest
+  dataset: Any  # iterator.Batches of the training split.
+  data_iterator: Any  # Its iterator, saved in every checkpoint.
+  evaluator: Any  # eval_lib.Evaluator, or None when the run does not evaluate.
+  manager: Any  # The orbax CheckpointManager of workdir/checkpoints.
+  metadata: dict  # Written beside every checkpoint (class names, category ids).
+  step_fn: Callable
+  writer: Any  # clu metric writer (TensorBoard on process 0).
+  state: TrainState
+  step: int  # The step `state` is at.
+
+
+def _prepare(config, workdir):
+  """Checks (cheapest first), then builds everything the run needs and restores its latest checkpoint."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (TensorFlow: the step builders run without it)
+  from fcos_jax.data import pipeline, sources, synthetic  # pylint: disable=g-import-not-at-top  (the same)
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count())
   workdir_lib.check_resume(config, workdir)  # Cheap checks first: a resume of another model stops at once.
+  synthetic.ensure(config)
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
-    from fcos_jax.data import check  # pylint: disable=g-import-not-at-top
-    check.stop_on_problems(config)
-  if config.train.eval_every or config.train.final_eval:  # Evaluation's label mapping: checked now, not hours later.
-    pipeline.label_to_category(config, pipeline.make_source(config).class_names(config.data.train_split))
+    from fcos_jax.data import check  # pylint: disable=g-import-not-at-top  (Pillow: only for this check)
+    check.stop_on_problems(config, quiet=not runtime.is_main_process())
   main = runtime.is_main_process()
   say = (lambda text: print(text, flush=True)) if main else (lambda text: None)  # noqa: E731
-  mesh = runtime.create_mesh()
-  say(f'Training {_describe(config, mesh)} in {workdir}: initialising the parameters and the input pipeline.')
-  model = fcos.build_model(config.model)
-  tx = optim.make_optimizer(config)
-  state, shardings = create_state(model, tx, config, mesh)
+  mesh, model, source = runtime.create_mesh(), fcos.build_model(config.model), sources.make_source(config)
+  class_names = source.class_names(config.data.train_split)  # Recorded in the checkpoints; evaluation maps by name.
   stop = preemption.StopRequest()
   # The input asks it before each batch and while waiting for one (also in evaluation), so that a signal is honoured
   # even while a read blocks. One process only: a process that stops on its own would leave the others waiting in a
   # collective; several processes agree on the stop step at log steps instead.
   input_stop = (lambda: stop.reason is not None) if jax.process_count() == 1 else None
-  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count(), stop=input_stop)
+  evaluator = None  # Built now, so that its label mapping is checked before training rather than hours later.
+  if config.train.eval_every or config.train.final_eval:
+    evaluator = eval_lib.Evaluator(config, model, mesh, class_names, source, input_stop)
+  say(f'Training {_describe(config, mesh)} in {workdir}: initialising the parameters and the input pipeline.')
+  tx = optim.make_optimizer(config)
+  state, shardings = create_state(model, tx, config, mesh)
+  dataset = pipeline.make_train_dataset(config, jax.process_index(), jax.process_count(), input_stop, source)
   data_iterator = iter(dataset)
   os.makedirs(workdir, exist_ok=True)
   workdir_lib.remember_config(config, workdir)  # Training really starts: config.json records it.
   manager = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.train.keep_checkpoints)
-  source, split = pipeline.make_source(config), config.data.train_split
-  class_names = source.class_names(split)  # Recorded in the checkpoints; evaluation maps them by name.
-  metadata = checkpoints.make_metadata(config, class_names, source.category_ids(split))
+  state = _restore(config, manager, state, shardings, data_iterator, say)
+  step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0, static_argnames='canvas',
+                    out_shardings=(shardings, runtime.replicated(mesh)))
+  writer = (metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')) if main
+            else metric_writers.MultiWriter([]))
+  metadata = checkpoints.make_metadata(config, class_names, source.category_ids(config.data.train_split))
+  return _Run(config, workdir, mesh, say, stop, dataset, data_iterator, evaluator, manager, metadata, step_fn, writer,
+              state, int(state.step))
+
+
+def _restore(config, manager, state, shardings, data_iterator, say):
+  """`state` from the latest checkpoint of the run (and the input's position into `data_iterator`), else with the
+  weights of train.init_checkpoint, else as it is."""
   restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator,
                                  fallback=config.train.resume_fallback)
   if restored is not None:
@@ -199,101 +253,115 @@ def train_and_evaluate(config, workdir):
     loaded = checkpoints.load_variables(config.train.init_checkpoint, _variables(state),
                                         config.train.init_backbone_only)
     state = jax.device_put(state.replace(params=loaded['params'], frozen=loaded['frozen']), shardings)
+  return state
 
-  step_fn = jax.jit(make_train_step(model, config, tx), donate_argnums=0, static_argnames='canvas',
-                    out_shardings=(shardings, runtime.replicated(mesh)))
-  eval_step = eval_lib.jit_eval_step(model, config, mesh)  # One per run: compiled once per canvas.
-  writer = (metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')) if main
-            else metric_writers.MultiWriter([]))
-  num_steps, log_every = config.train.num_steps, config.train.log_every
-  step = saved = int(state.step)
-  compiled_canvases = set()
-  pending, untimed, tick, metrics = [], 0, time.perf_counter(), {}
+
+def _train(run):
+  """The steps up to train.num_steps, with logs, checkpoints and periodic evaluations -> (whether the last step was
+  reached, the last logged metrics). A stop request saves the step reached and returns early."""
+  t = run.config.train
+  saved, compiled, meter, metrics = run.step, set(), _Meter(run), {}
   previous = None  # The metrics of the step dispatched last, ready once that step has run.
+  while run.step < t.num_steps:
+    batch, canvas = _next_batch(run)
+    if batch is None and run.data_iterator.stuck:  # Its position cannot be saved while a read hangs.
+      print(f'{run.stop.describe()}: the input is stuck, so step {run.step} cannot be saved with its data position; '
+            f'run the same command to resume from {f"step {saved}" if saved else "the start"}.', flush=True)
+      return False, metrics
+    if batch is not None:
+      step_metrics = _dispatch(run, batch, canvas, compiled, meter)
+      if previous is not None:  # The host stays one step ahead, no more: a stop waits for two steps at most.
+        jax.block_until_ready(previous)
+      previous = step_metrics
+    step, last = run.step, run.step == t.num_steps
+    log_now = step % t.log_every == 0 or last
+    stopping = batch is None or run.stop.agreed(at_sync_point=log_now or step % t.stop_sync_every == 0)
+    if meter.pending and (log_now or stopping or step % t.checkpoint_every == 0):
+      metrics = meter.report(step)  # The host round trip of the loop: at log, checkpoint and stop steps.
+    if (step % t.checkpoint_every == 0 or last or stopping) and step != saved:
+      checkpoints.save(run.manager, step, _variables(run.state), _train_items(run.state), run.data_iterator,
+                       run.metadata)
+      saved = step
+    if stopping:
+      run.manager.wait_until_finished()
+      print(f'{run.stop.describe()}: saved a checkpoint at step {step}; run the same command to resume.' if step
+            else f'{run.stop.describe()} before the first step: nothing to save.', flush=True)
+      run.writer.flush()
+      return False, metrics
+    if t.eval_every and step % t.eval_every == 0 and not last:
+      _evaluate(run)
+  return True, metrics
+
+
+def _next_batch(run):
+  """The next global batch and its canvas; (None, None) when a stop request interrupted the wait for it."""
+  from fcos_jax.data import iterator  # pylint: disable=g-import-not-at-top  (TensorFlow, as above)
   try:
-    with stop:
-      while step < num_steps:
-        try:
-          batch, canvas = resize.split_canvas(next(data_iterator))
-          batch = runtime.to_global(jax.tree_util.tree_map(np.asarray, batch), mesh)
-        except pipeline.Interrupted:  # A signal before or while waiting for data (one process): save below.
-          if data_iterator.stuck:  # Its position cannot be saved while a read hangs.
-            print(f'{stop.describe()}: the input is stuck, so step {step} cannot be saved with its data position; '
-                  f'run the same command to resume from {f"step {saved}" if saved else "the start"}.', flush=True)
-            return metrics
-          batch = None
-        if batch is not None:
-          if canvas not in compiled_canvases:  # A new shape: say so, and keep the compile time out of img/s, ETA.
-            say(f'Compiling the train step for canvas {canvas[0]}x{canvas[1]} ...')
-            start = time.perf_counter()
-            state, step_metrics = jax.block_until_ready(step_fn(state, batch, canvas=canvas))
-            say(f'Compiled (and ran step {step + 1}) in {time.perf_counter() - start:.1f} s.')
-            compiled_canvases.add(canvas)
-            untimed, tick = len(pending) + 1, time.perf_counter()
-          else:
-            state, step_metrics = step_fn(state, batch, canvas=canvas)
-          if previous is not None:  # The host stays one step ahead, no more: a stop waits for two steps at most.
-            jax.block_until_ready(previous)
-          pending.append(step_metrics)
-          previous = step_metrics
-          step += 1
-        last = step == num_steps
-        log_now = step % log_every == 0 or last
-        stopping = batch is None or stop.agreed(
-            at_sync_point=log_now or step % config.train.stop_sync_every == 0)
-        if pending and (log_now or stopping or step % config.train.checkpoint_every == 0):
-          host = jax.device_get(pending)  # The host round trip of the loop: at log, checkpoint and stop steps.
-          for m in host:
-            _check_finite(step, {k: float(v) for k, v in m.items()})
-          metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-          timed, elapsed = len(pending) - untimed, time.perf_counter() - tick
-          images_per_s = timed * config.train.batch_size / elapsed if timed else float('nan')
-          eta_s = (num_steps - step) * elapsed / timed if timed else float('nan')
-          say(_format(step, num_steps, metrics, images_per_s, eta_s))
-          writer.write_scalars(step, {**{f'train/{k}': v for k, v in metrics.items()},
-                                      **({'train/images_per_s': images_per_s} if timed else {}),
-                                      'train/skipped_images': dataset.stats.skipped_images})
-          pending, untimed, tick = [], 0, time.perf_counter()
-        if (step % config.train.checkpoint_every == 0 or last or stopping) and step != saved:
-          checkpoints.save(manager, step, _variables(state), _train_items(state), data_iterator, metadata)
-          saved = step
-        if stopping:
-          manager.wait_until_finished()
-          print(f'{stop.describe()}: saved a checkpoint at step {step}; run the same command to resume.' if step
-                else f'{stop.describe()} before the first step: nothing to save.', flush=True)
-          writer.flush()
-          return metrics
-        if config.train.eval_every and step % config.train.eval_every == 0 and not last:
-          _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop, class_names)
-      manager.wait_until_finished()
-      skipped = dataset.stats.summary_line()
-      if skipped:
-        say(skipped)
-      results = (_evaluate(config, model, state, mesh, workdir, step, eval_step, writer, input_stop, class_names)
-                 if config.train.final_eval else {})
-    if main:
-      atomic.write_json(os.path.join(workdir, 'train_metrics.json'),
-                        {'step': step, **metrics, **dataset.stats.summary()}, indent=1)
-    return results
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    batch, canvas = resize.split_canvas(next(run.data_iterator))
+  except iterator.Interrupted:  # A signal before or while waiting for data (one process): the loop saves.
+    return None, None
+  return runtime.to_global(jax.tree_util.tree_map(np.asarray, batch), run.mesh), canvas
 
 
-def _evaluate(config, model, state, mesh, workdir, step, eval_step, writer, stop, class_names):
-  """One evaluation (periodic or final) with the run's compiled eval step, labels mapped by `class_names` (the
-  training split's); its metrics also go to TensorBoard.
+def _dispatch(run, batch, canvas, compiled, meter):
+  """Dispatches one train step (advancing run.state and run.step) and returns its metrics, still on the device. A
+  canvas new to the run is compiled first: said, waited for, and kept out of the images/s and ETA."""
+  if canvas in compiled:
+    run.state, metrics = run.step_fn(run.state, batch, canvas=canvas)
+    meter.add(metrics)
+  else:
+    run.say(f'Compiling the train step for canvas {canvas[0]}x{canvas[1]} ...')
+    start = time.perf_counter()
+    run.state, metrics = jax.block_until_ready(run.step_fn(run.state, batch, canvas=canvas))
+    run.say(f'Compiled (and ran step {run.step + 1}) in {time.perf_counter() - start:.1f} s.')
+    compiled.add(canvas)
+    meter.add(metrics, untimed=True)
+  run.step += 1
+  return metrics
+
+
+class _Meter:
+  """The metrics of the steps since the last report, and the time they took (compilations excluded)."""
+
+  def __init__(self, run):
+    self.run = run
+    self.pending, self.untimed, self.tick = [], 0, time.perf_counter()
+
+  def add(self, metrics, untimed=False):
+    """Adds a step's metrics; `untimed` (it compiled) restarts the clock after it."""
+    self.pending.append(metrics)
+    if untimed:
+      self.untimed, self.tick = len(self.pending), time.perf_counter()
+
+  def report(self, step):
+    """Fetches the pending metrics, stops on non-finite ones, prints and writes their mean -> that mean."""
+    run, t = self.run, self.run.config.train
+    host = jax.device_get(self.pending)
+    for m in host:
+      _check_finite(step, {k: float(v) for k, v in m.items()})
+    metrics = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    timed, elapsed = len(self.pending) - self.untimed, time.perf_counter() - self.tick
+    images_per_s = timed * t.batch_size / elapsed if timed else float('nan')
+    eta_s = (t.num_steps - step) * elapsed / timed if timed else float('nan')
+    run.say(_format(step, t.num_steps, metrics, images_per_s, eta_s))
+    run.writer.write_scalars(step, {**{f'train/{k}': v for k, v in metrics.items()},
+                                    **({'train/images_per_s': images_per_s} if timed else {}),
+                                    'train/skipped_images': run.dataset.stats.skipped_images})
+    self.pending, self.untimed, self.tick = [], 0, time.perf_counter()
+    return metrics
+
+
+def _evaluate(run):
+  """One evaluation (periodic or final) of run.state with the run's Evaluator; its metrics also go to TensorBoard.
 
   A signal during it (one process) ends the evaluation with {} and leaves the stop to the loop.
   """
-  from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import iterator  # pylint: disable=g-import-not-at-top  (TensorFlow, as above)
   try:
-    results = eval_lib.evaluate(config, model, _variables(state), mesh, workdir, step, eval_step, stop,
-                                class_names)
-  except pipeline.Interrupted:
-    print(f'Evaluation at step {step} interrupted.', flush=True)
+    results = run.evaluator.run(_variables(run.state), run.workdir, run.step)
+  except iterator.Interrupted:
+    print(f'Evaluation at step {run.step} interrupted.', flush=True)
     return {}
-  writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items() if isinstance(v, (int, float))})
-  writer.flush()
+  run.writer.write_scalars(run.step, {f'eval/{k}': v for k, v in results.items() if isinstance(v, (int, float))})
+  run.writer.flush()
   return results

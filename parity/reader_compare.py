@@ -82,7 +82,7 @@ def compare(work):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from fcos_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from fcos_jax import resize  # pylint: disable=g-import-not-at-top
-  from fcos_jax.data import coco, pipeline, transforms  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import decoding, pipeline, sources, transforms  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   root = os.path.join(work, 'reader')
   ref = np.load(os.path.join(work, 'reader_paddle.npz'))
@@ -110,7 +110,7 @@ def compare(work):
   for image in dataset['images']:
     data = open(os.path.join(root, 'val', image['file_name']), 'rb').read()
     want = ref[f'{image["id"]}/decode']
-    got = coco.decode_pixels(tf.constant(data)).numpy()
+    got = decoding.decode_pixels(tf.constant(data)).numpy()
     pil = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
     worst, _ = levels(got, want)
     rows.append((image['file_name'], 'decode (Pillow vs OpenCV: '
@@ -131,9 +131,9 @@ def compare(work):
             batch['boxes'][0][batch['valid'][0]], f'{int(batch["image_id"][0])}/eval')
 
   # Training: flipped, every multiscale short side, host and device.
-  source = pipeline.make_source(config)
+  source = sources.make_source(config)
   for record in source.records('val'):
-    example, _ = coco.decode(record, source.read(record))
+    example, _ = decoding.decode(record, source.read(record))
     key = int(example['image_id'])
     for short in SHORT_SIDES:
       for side in ('host', 'device'):

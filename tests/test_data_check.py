@@ -17,7 +17,8 @@ from fcos_jax.commands import train as fcos_train
 from fcos_jax import config as config_lib
 from fcos_jax import train_lib
 from fcos_jax.data import check
-from fcos_jax.data import coco
+from fcos_jax.data import decoding
+from fcos_jax.data import sources
 from fcos_jax.data import synthetic
 
 ORIENTATION = 0x0112
@@ -138,7 +139,7 @@ def _category_counts(dataset):
 
 def test_every_kind_is_detected_and_counted(broken):
   root, dataset, expected = broken
-  report = check.check_split(coco.FolderSource(root), 'train', threads=4)
+  report = check.check_split(sources.FolderSource(root), 'train', threads=4)
   for kind in check.KINDS:
     assert _ids(report, kind.key) == expected[kind.key], kind.key
     assert len(report.findings[kind.key]) == len(expected[kind.key]), kind.key
@@ -166,12 +167,12 @@ def test_warned_modes_decode_in_the_pipeline(broken):
       record = {'file': tf.constant(img['file_name']), 'image_id': tf.constant(image_id, tf.int32),
                 'orig_size': tf.constant([img['height'], img['width']], tf.int32),
                 'boxes': tf.zeros([0, 4]), 'labels': tf.zeros([0], tf.int32)}
-      example, problem = coco.decode(record, tf.io.read_file(os.path.join(root, 'train', img['file_name'])))
+      example, problem = decoding.decode(record, tf.io.read_file(os.path.join(root, 'train', img['file_name'])))
       assert problem.numpy() == b'' and example['image'].shape == (img['height'], img['width'], 3)
 
 
 def test_clean_split(clean):
-  report = check.check_split(coco.FolderSource(clean), 'val')
+  report = check.check_split(sources.FolderSource(clean), 'val')
   assert report.fatal == 0 and 'OK: nothing stops training' in report.format()
   assert sum(row[3] for row in report.categories) > 0
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcos_jax.data import coco
+from fcos_jax.data import annotations
+from fcos_jax.data import categories
+from fcos_jax.data import decoding
+from fcos_jax.data import sources
 from fcos_jax.data import synthetic
 
 tf.config.set_visible_devices([], 'GPU')
@@ -46,7 +49,7 @@ def test_index_applies_the_spec_filters_and_label_mapping(folder, caplog):
   ]
   write_json(root, dataset)
   with caplog.at_level(logging.WARNING):
-    source = coco.FolderSource(root)
+    source = sources.FolderSource(root)
     index = source.index('train')
   assert 'dropped 3 box(es) with no area (w <= 0 or h <= 0, or outside the image): annotation ids 3, 4, 6' in (
       caplog.text)
@@ -63,7 +66,7 @@ def test_index_applies_the_spec_filters_and_label_mapping(folder, caplog):
 
 def test_records_hold_the_index_and_shard_by_orientation(folder):
   root, _ = folder
-  source = coco.FolderSource(root)
+  source = sources.FolderSource(root)
   index = source.index('train')
   records = list(source.records('train').as_numpy_iterator())
   assert [r['image_id'] for r in records] == index.image_ids.tolist()
@@ -82,7 +85,7 @@ def test_records_hold_the_index_and_shard_by_orientation(folder):
 
 
 def test_shuffled_records_permute_every_epoch(folder):
-  index = coco.FolderSource(folder[0]).index('train')
+  index = sources.FolderSource(folder[0]).index('train')
   ids = [r['image_id'] for r in index.records(seed=3).take(18).as_numpy_iterator()]
   epochs = [ids[:6], ids[6:12], ids[12:]]
   assert all(sorted(e) == sorted(index.image_ids.tolist()) for e in epochs)
@@ -113,18 +116,18 @@ def test_bad_json_names_the_file_and_entry(folder, edit, message):
   edit(dataset)
   write_json(root, dataset)
   with pytest.raises(ValueError, match='instances_train.json: ' + message.replace('[', r'\[')):
-    coco.FolderSource(root).index('train')
+    sources.FolderSource(root).index('train')
 
 
 def test_unknown_keys_are_ignored(folder):
   root, dataset = folder
-  plain = coco.FolderSource(root).index('train')
+  plain = sources.FolderSource(root).index('train')
   dataset.update(info={'year': 2017}, licenses=[], extra=[1, 2])
   dataset['images'][0].update(coco_url='http://x', flickr_id=5)
   for ann in dataset['annotations']:
     ann.update(segmentation=[[0, 0, 1, 1]], attributes={'occluded': True})
   write_json(root, dataset)
-  index = coco.FolderSource(root).index('train')
+  index = sources.FolderSource(root).index('train')
   np.testing.assert_array_equal(index.image_ids, plain.image_ids)
   for a, b in zip(index.boxes, plain.boxes):
     np.testing.assert_array_equal(a, b)
@@ -133,11 +136,11 @@ def test_unknown_keys_are_ignored(folder):
 def test_invalid_json_and_missing_annotations(folder):
   root, _ = folder
   with pytest.raises(FileNotFoundError, match='instances_val.json'):
-    coco.FolderSource(root).index('val')
+    sources.FolderSource(root).index('val')
   with open(os.path.join(root, 'annotations', 'instances_train.json'), 'w') as f:
     f.write('{"images": [')
   with pytest.raises(ValueError, match='instances_train.json: invalid JSON'):
-    coco.FolderSource(root).index('train')
+    sources.FolderSource(root).index('train')
 
 
 def test_missing_image_file_fails_early_or_is_skipped(folder, caplog):
@@ -145,9 +148,9 @@ def test_missing_image_file_fails_early_or_is_skipped(folder, caplog):
   missing = os.path.join(root, 'train', dataset['images'][2]['file_name'])
   os.remove(missing)
   with pytest.raises(FileNotFoundError, match=f'1 image file\\(s\\) missing: {missing}'):
-    coco.FolderSource(root).index('train')
+    sources.FolderSource(root).index('train')
   with caplog.at_level(logging.WARNING):
-    index = coco.FolderSource(root, skip_bad_images=True).index('train')
+    index = sources.FolderSource(root, skip_bad_images=True).index('train')
   assert len(index) == 5 and dataset['images'][2]['id'] not in index.image_ids
   assert f'skipping 1 missing image file(s): {missing}' in caplog.text
 
@@ -167,7 +170,7 @@ def _jpeg(h=40, w=60):
     (b'<html>not found</html>', 'not a JPEG, PNG, GIF, BMP or WebP image'),
 ])
 def test_integrity_problem(data, problem):
-  assert coco.integrity_problem(tf.constant(data)).numpy().decode() == problem
+  assert decoding.integrity_problem(tf.constant(data)).numpy().decode() == problem
 
 
 def _record(h=40, w=60):
@@ -179,11 +182,11 @@ def test_decode_grayscale_and_png_to_rgb():
   gray = np.arange(40 * 60, dtype=np.uint8).reshape(40, 60, 1)
   for data in (tf.io.encode_png(gray), tf.io.encode_jpeg(gray, quality=100),
                tf.io.encode_png(np.repeat(gray, 4, axis=-1))):
-    example, problem = coco.decode(_record(), data)
+    example, problem = decoding.decode(_record(), data)
     image = example['image'].numpy()
     assert problem.numpy() == b'' and image.shape == (40, 60, 3) and image.dtype == np.uint8
     assert (image[..., 0] == image[..., 2]).all()
-  example, _ = coco.decode(_record(), tf.io.encode_png(gray))
+  example, _ = decoding.decode(_record(), tf.io.encode_png(gray))
   np.testing.assert_array_equal(example['image'].numpy()[..., 1], gray[..., 0])
 
 
@@ -193,7 +196,7 @@ def test_decode_cmyk_jpeg_to_rgb():
   pixels = np.stack([x * 4, y * 6, 255 - x * 4, np.full_like(x, 40)], -1).astype(np.uint8)  # Smooth: no decoder noise.
   buffer = io.BytesIO()
   Image.fromarray(pixels, 'CMYK').save(buffer, 'JPEG', quality=95)
-  example, problem = coco.decode(_record(), tf.constant(buffer.getvalue()))
+  example, problem = decoding.decode(_record(), tf.constant(buffer.getvalue()))
   want = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert('RGB'), np.int32)
   image = example['image'].numpy()
   assert problem.numpy() == b'' and image.shape == (40, 60, 3) and image.dtype == np.uint8
@@ -225,7 +228,7 @@ def test_jpegs_decode_as_opencv_does(kind, tmp_path):
   (picture.convert('L') if kind == 'gray' else picture).save(buffer, 'JPEG', quality=90, **_JPEG_KINDS[kind])
   data = buffer.getvalue()
   want = np.asarray(Image.open(io.BytesIO(data)).convert('RGB'))
-  example, _ = coco.decode(_record(97, 131), tf.constant(data))
+  example, _ = decoding.decode(_record(97, 131), tf.constant(data))
   np.testing.assert_array_equal(example['image'].numpy(), want)
   np.testing.assert_array_equal(predict.decode(data, 'a.jpg'), want)
   (tmp_path / 'a.jpg').write_bytes(data)
@@ -236,22 +239,22 @@ def test_jpegs_decode_as_opencv_does(kind, tmp_path):
 
 def test_png_decodes_to_its_pixels():
   pixels = _photo()
-  example, _ = coco.decode(_record(97, 131), tf.io.encode_png(pixels))
+  example, _ = decoding.decode(_record(97, 131), tf.io.encode_png(pixels))
   np.testing.assert_array_equal(example['image'].numpy(), pixels)
 
 
 def test_decode_names_the_damaged_file_or_reports_it():
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=r'Unreadable image dir/img.jpg \(image_id 17\): truncated JPEG'):
-    coco.decode(_record(), _jpeg()[:300])
-  example, problem = coco.decode(_record(), tf.constant(b''), skip_bad=True)
+    decoding.decode(_record(), _jpeg()[:300])
+  example, problem = decoding.decode(_record(), tf.constant(b''), skip_bad=True)
   assert problem.numpy().decode() == 'dir/img.jpg (image_id 17): empty file'
   assert example['image'].shape == (40, 60, 3) and not example['image'].numpy().any()
 
 
 def test_decode_checks_the_annotated_size():
   with pytest.raises(tf.errors.InvalidArgumentError, match='Image dir/img.jpg is 40x60 but its annotation says 30x60'):
-    coco.decode(_record(30, 60), _jpeg())
+    decoding.decode(_record(30, 60), _jpeg())
 
 
 # --- TFDS, mocked: tests must never reach a real download. ---------------------------------------------------------
@@ -291,7 +294,7 @@ def mocked_tfds():
 
 
 def test_tfds_records_and_ground_truth(mocked_tfds):
-  source = coco.TfdsSource('coco/2017', '/nonexistent/tfds')
+  source = sources.TfdsSource('coco/2017', '/nonexistent/tfds')
   records = list(source.records('val2017').as_numpy_iterator())
   assert len(records) == 8
   for r, (i, objects) in zip(records, mocked_tfds):
@@ -310,7 +313,8 @@ def test_tfds_records_and_ground_truth(mocked_tfds):
   label, (x, y, w, h), _ = mocked_tfds[0][1][0]
   np.testing.assert_allclose(ann['bbox'], [x, y, w, h], atol=1e-3)
   assert ann['area'] == w * h // 2  # TFDS's (mask) area, not the box's.
-  assert ann['category_id'] == coco.COCO_CATEGORY_IDS[label] and source.category_ids('val') == coco.COCO_CATEGORY_IDS
+  assert ann['category_id'] == categories.COCO_CATEGORY_IDS[label]
+  assert source.category_ids('val') == categories.COCO_CATEGORY_IDS
 
 
 def test_tfds_pipeline(mocked_tfds):
@@ -329,7 +333,7 @@ def test_tfds_pipeline(mocked_tfds):
   batches, info = pipeline.make_eval_dataset(config)
   ids = [int(i) for b in batches for i, m in zip(b['image_id'], b['mask']) if m]
   assert sorted(ids) == list(range(100, 108)) and info.num_images == 8
-  assert info.label_to_category == coco.COCO_CATEGORY_IDS and len(info.coco_gt.imgs) == 8
+  assert info.label_to_category == categories.COCO_CATEGORY_IDS and len(info.coco_gt.imgs) == 8
 
 
 # --- Layouts and category names. -----------------------------------------------------------------------------------
@@ -346,10 +350,10 @@ def test_any_layout_with_sub_folders(folder, tmp_path):
     img['file_name'] = sub
   with open(os.path.join(other, 'labels', 'train.json'), 'w') as f:
     json.dump(dataset, f)
-  plain = coco.FolderSource(root).index('train')
+  plain = sources.FolderSource(root).index('train')
   for layout in (('images', 'labels/train.json'),
                  (os.path.join(other, 'images'), os.path.join(other, 'labels', 'train.json'))):
-    source = coco.FolderSource(other, layout={'train': layout})
+    source = sources.FolderSource(other, layout={'train': layout})
     assert source.annotation_path('train') == os.path.join(other, 'labels', 'train.json')
     assert source.image_path('train', 'a/b.jpg') == os.path.join(other, 'images', 'a', 'b.jpg')
     index = source.index('train')
@@ -357,13 +361,13 @@ def test_any_layout_with_sub_folders(folder, tmp_path):
         img['file_name'] for img in dataset['images']]
     np.testing.assert_array_equal(index.image_ids, plain.image_ids)
     record = next(iter(source.records('train')))
-    example, problem = coco.decode(record, source.read(record))
+    example, problem = decoding.decode(record, source.read(record))
     assert problem.numpy() == b'' and example['image'].shape[-1] == 3
-  default = coco.FolderSource(root)
+  default = sources.FolderSource(root)
   assert default.annotation_path('val') == os.path.join(root, 'annotations', 'instances_val.json')
   assert default.image_path('val', 'x.jpg') == os.path.join(root, 'val', 'x.jpg')
   with pytest.raises(FileNotFoundError, match=os.path.join(other, 'annotations', 'instances_train.json')):
-    coco.FolderSource(other).index('train')  # The COCO layout is not there: the error names where it looked.
+    sources.FolderSource(other).index('train')  # The COCO layout is not there: the error names where it looked.
 
 
 CATEGORIES = [{'id': 1, 'name': 'person'}, {'id': 3, 'name': 'car'}, {'id': 18, 'name': 'dog'}]
@@ -371,15 +375,15 @@ CATEGORIES = [{'id': 1, 'name': 'person'}, {'id': 3, 'name': 'car'}, {'id': 18, 
 
 def test_label_to_category_maps_by_name():
   model = ('car', 'person', 'bicycle', 'dog')
-  assert coco.label_to_category(model, CATEGORIES) == (3, 1, -1, 18)  # The dataset has no bicycle.
-  assert coco.label_to_category(('person', 'car', 'dog'), CATEGORIES[::-1]) == (1, 3, 18)
+  assert annotations.label_to_category(model, CATEGORIES) == (3, 1, -1, 18)  # The dataset has no bicycle.
+  assert annotations.label_to_category(('person', 'car', 'dog'), CATEGORIES[::-1]) == (1, 3, 18)
 
 
 def test_label_to_category_lists_every_mismatch():
   with pytest.raises(ValueError) as error:
-    coco.label_to_category(('person', 'car', 'car'), CATEGORIES + [{'id': 90, 'name': 'toothbrush'}])
+    annotations.label_to_category(('person', 'car', 'car'), CATEGORIES + [{'id': 90, 'name': 'toothbrush'}])
   message = str(error.value)
   assert "dataset categories the model does not know (2): 18 'dog', 90 'toothbrush'" in message
   assert 'model class names given more than once: car' in message and 'the model knows: person, car, car' in message
   with pytest.raises(ValueError, match='dataset category names given more than once: dog'):
-    coco.label_to_category(('dog',), [{'id': 1, 'name': 'dog'}, {'id': 2, 'name': 'dog'}])
+    annotations.label_to_category(('dog',), [{'id': 1, 'name': 'dog'}, {'id': 2, 'name': 'dog'}])

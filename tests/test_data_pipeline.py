@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from fcos_jax import config as config_lib
 from fcos_jax import runtime
+from fcos_jax.data import iterator
 from fcos_jax.data import pipeline
+from fcos_jax.data import sources
 from fcos_jax.data import synthetic
 
 CANVASES = ((384, 512), (512, 384))
@@ -55,8 +57,8 @@ def annotations(root, split):
 
 
 def take(batches, n):
-  iterator = iter(batches)
-  return [next(iterator) for _ in range(n)]
+  batch_iterator = iter(batches)
+  return [next(batch_iterator) for _ in range(n)]
 
 
 def check_batch(batch, gt, short_sizes, eval_mode=False):
@@ -198,12 +200,12 @@ def test_eval_shards_cover_every_image_once(root, process_count):
 
 def test_iterator_checkpoint_resumes_exactly(root, tmp_path):
   batches = pipeline.make_train_dataset(make_config(root))
-  iterator = iter(batches)
-  take(iterator, 2)
-  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'data'))
+  batch_iterator = iter(batches)
+  take(batch_iterator, 2)
+  path = tf.train.Checkpoint(iterator=batch_iterator).write(str(tmp_path / 'data'))
   size = sum(os.path.getsize(tmp_path / f) for f in os.listdir(tmp_path))
   assert size < 4 * 384 * 512 * 3  # Positions, not prefetched batches.
-  expected = take(iterator, 3)
+  expected = take(batch_iterator, 3)
   restored = iter(pipeline.make_train_dataset(make_config(root)))
   tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
   for a, b in zip(expected, take(restored, 3)):
@@ -271,9 +273,12 @@ def test_generates_the_synthetic_dataset_when_missing(tmp_path, monkeypatch):
   real = synthetic.generate
   monkeypatch.setattr(synthetic, 'generate', lambda out, seed: calls.append(out) or real(out, 6, 4, seed))
   config = make_config(str(tmp_path / 'new'), generate_synthetic=True)
+  with pytest.raises(FileNotFoundError, match='instances_val.json'):  # Building an input never writes a dataset.
+    pipeline.make_eval_dataset(config)
+  synthetic.ensure(config)
   batches, info = pipeline.make_eval_dataset(config)
   assert calls == [str(tmp_path / 'new')] and info.num_images == 4
-  pipeline.make_source(config)
+  synthetic.ensure(config)
   assert len(calls) == 1  # Present now: not generated again.
 
 
@@ -388,10 +393,10 @@ def test_training_skips_unreadable_images_and_reports_each_once(root, tmp_path, 
 
 def test_a_canvas_without_readable_images_is_an_error_not_a_hang(root, tmp_path):
   copy, broken, _, _ = copy_with_broken_train_images(root, tmp_path, keep_portrait=1)
-  iterator = iter(pipeline.make_train_dataset(make_config(copy, skip_bad_images=True)))
+  batch_iterator = iter(pipeline.make_train_dataset(make_config(copy, skip_bad_images=True)))
   with pytest.raises(ValueError, match=f'No readable image in canvas 512x384 of split train \\(1 image.*{broken[1]}'):
     for _ in range(200):  # The portrait canvas is drawn for ~1 batch in 10.
-      next(iterator)
+      next(batch_iterator)
 
 
 def unblock(fifo):
@@ -407,7 +412,7 @@ def unblock(fifo):
 def test_stop_during_a_read_waits_for_it_or_gives_up(tmp_path, monkeypatch):
   """A stop during a read that ends in the grace period takes its batch; a read that never ends (a FIFO without
   writer) is given up after the grace period, with `stuck` set."""
-  monkeypatch.setattr(pipeline, '_GRACE_S', 2)
+  monkeypatch.setattr(iterator, '_GRACE_S', 2)
   stop = threading.Event()
 
   def slow():
@@ -416,40 +421,40 @@ def test_stop_during_a_read_waits_for_it_or_gives_up(tmp_path, monkeypatch):
       yield {'i': i, 'dropped_boxes': np.zeros([1], np.int32)}
 
   spec = {'i': tf.TensorSpec([], tf.int64), 'dropped_boxes': tf.TensorSpec([1], tf.int32)}
-  iterator = iter(pipeline.Batches(tf.data.Dataset.from_generator(slow, output_signature=spec),
-                                   pipeline.InputStats(), stop=stop.is_set))
-  assert next(iterator)['i'] == 0
+  batch_iterator = iter(iterator.Batches(tf.data.Dataset.from_generator(slow, output_signature=spec),
+                                         iterator.InputStats(), stop=stop.is_set))
+  assert next(batch_iterator)['i'] == 0
   threading.Timer(0.3, stop.set).start()
-  assert next(iterator)['i'] == 1  # The read in flight when the stop came ended within the grace period.
-  with pytest.raises(pipeline.Interrupted):
-    next(iterator)
-  assert not iterator.stuck
+  assert next(batch_iterator)['i'] == 1  # The read in flight when the stop came ended within the grace period.
+  with pytest.raises(iterator.Interrupted):
+    next(batch_iterator)
+  assert not batch_iterator.stuck
 
   fifo = str(tmp_path / 'fifo')
   os.mkfifo(fifo)
   dataset = tf.data.Dataset.from_tensors(fifo).map(lambda f: {'text': tf.io.read_file(f),
                                                               'dropped_boxes': tf.zeros([1], tf.int32)})
   stop.clear()
-  iterator = iter(pipeline.Batches(dataset, pipeline.InputStats(), stop=stop.is_set))
+  batch_iterator = iter(iterator.Batches(dataset, iterator.InputStats(), stop=stop.is_set))
   threading.Timer(0.3, stop.set).start()
   start = time.perf_counter()
-  with pytest.raises(pipeline.Interrupted):
-    next(iterator)
-  assert iterator.stuck and 2 <= time.perf_counter() - start < 4
+  with pytest.raises(iterator.Interrupted):
+    next(batch_iterator)
+  assert batch_iterator.stuck and 2 <= time.perf_counter() - start < 4
   unblock(fifo)
 
 
 def test_stop_is_asked_before_each_batch(tmp_path):
   stop = threading.Event()
   dataset = tf.data.Dataset.range(5).map(lambda i: {'i': i, 'dropped_boxes': tf.zeros([1], tf.int32)})
-  iterator = iter(pipeline.Batches(dataset, pipeline.InputStats(), stop=stop.is_set))
-  assert next(iterator)['i'] == 0
+  batch_iterator = iter(iterator.Batches(dataset, iterator.InputStats(), stop=stop.is_set))
+  assert next(batch_iterator)['i'] == 0
   stop.set()
-  with pytest.raises(pipeline.Interrupted):
-    next(iterator)
-  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'position'))
+  with pytest.raises(iterator.Interrupted):
+    next(batch_iterator)
+  path = tf.train.Checkpoint(iterator=batch_iterator).write(str(tmp_path / 'position'))
   stop.clear()
-  assert [int(b['i']) for b in iterator] == [1, 2, 3, 4]  # Nothing was taken by the interrupted call.
-  restored = iter(pipeline.Batches(dataset, pipeline.InputStats()))
+  assert [int(b['i']) for b in batch_iterator] == [1, 2, 3, 4]  # Nothing was taken by the interrupted call.
+  restored = iter(iterator.Batches(dataset, iterator.InputStats()))
   tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
   assert [int(b['i']) for b in restored] == [1, 2, 3, 4]

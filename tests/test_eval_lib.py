@@ -11,7 +11,7 @@ from pycocotools.cocoeval import COCOeval
 
 from fcos_jax import checkpoints, eval_lib, runtime
 from fcos_jax.commands import evaluate as fcos_evaluate
-from fcos_jax.data import coco, synthetic
+from fcos_jax.data import annotations, synthetic
 from fcos_jax.model import fcos
 from tests.test_data_pipeline import NAMES as SHAPES, relabelled_json
 from tests.test_predict import tiny_config
@@ -29,13 +29,13 @@ CANVAS_LONG = 704  # Each image is resized so its long side is this.
 
 @pytest.fixture(scope='module')
 def gt_path(tmp_path_factory):
-  images, annotations = [], []
+  images, anns = [], []
   for image_id, (w, h, boxes) in IMAGES.items():
     images.append({'id': image_id, 'width': w, 'height': h, 'file_name': f'{image_id}.jpg'})
     for cat, (x, y, bw, bh) in boxes:
-      annotations.append({'id': len(annotations) + 1, 'image_id': image_id, 'category_id': cat,
-                          'bbox': [x, y, bw, bh], 'area': bw * bh, 'iscrowd': 0})
-  data = {'images': images, 'annotations': annotations,
+      anns.append({'id': len(anns) + 1, 'image_id': image_id, 'category_id': cat, 'bbox': [x, y, bw, bh],
+                   'area': bw * bh, 'iscrowd': 0})
+  data = {'images': images, 'annotations': anns,
           'categories': [{'id': c, 'name': f'c{c}'} for c in CATEGORIES]}
   path = tmp_path_factory.mktemp('coco') / 'instances_val.json'
   path.write_text(json.dumps(data))
@@ -138,7 +138,7 @@ def test_categories_in_another_order_score_the_same_by_name(gt_path, tmp_path):
   original = eval_lib.detections_to_coco(det, batch, CATEGORIES)
   expected = eval_lib.coco_evaluate(gt_path, original)
   assert 0 < expected['AP'] < 0.9
-  by_name = eval_lib.detections_to_coco(det, batch, coco.label_to_category(NAMES, categories))
+  by_name = eval_lib.detections_to_coco(det, batch, annotations.label_to_category(NAMES, categories))
   assert by_name == [dict(r, category_id=new_ids[r['category_id']]) for r in original]  # Mapped by hand.
   assert eval_lib.coco_evaluate(path, by_name) == pytest.approx(expected, abs=1e-12)
   by_position = eval_lib.detections_to_coco(det, batch, sorted(new_ids.values()))  # What names unknown would do.
@@ -148,7 +148,7 @@ def test_categories_in_another_order_score_the_same_by_name(gt_path, tmp_path):
 def test_fewer_categories_score_the_others_as_on_the_full_dataset(gt_path, tmp_path):
   det, batch = jittered_batch()
   path, categories = relabelled(gt_path, tmp_path, {1: 1, 90: 90})
-  mapping = coco.label_to_category(NAMES, categories)
+  mapping = annotations.label_to_category(NAMES, categories)
   assert mapping == (1, -1, 90)
   results = eval_lib.detections_to_coco(det, batch, mapping)
   everything = eval_lib.detections_to_coco(det, batch, CATEGORIES)
@@ -240,15 +240,19 @@ def test_evaluate_dispatches_the_next_batch_before_fetching_the_last(tmp_path, m
   config.data.update(dict(root=root, generate_synthetic=False))
   config.eval.batch_size = 8
   model = fcos.build_model(config.model)
-  mesh = runtime.create_mesh()
-  jitted, events = eval_lib.jit_eval_step(model, config, mesh), []
+  evaluator, events = eval_lib.Evaluator(config, model, runtime.create_mesh()), []
+  jitted = evaluator.eval_step
 
   def eval_step(*args, **kwargs):
     events.append('dispatch')
     return jitted(*args, **kwargs)
 
+  evaluator.eval_step = eval_step
   fetch = jax.device_get
   monkeypatch.setattr(jax, 'device_get', lambda tree: events.append('fetch') or fetch(tree))
-  eval_lib.evaluate(config, model, fcos.init_variables(model, 0), mesh, str(tmp_path / 'run'), eval_step=eval_step)
-  assert events == ['dispatch', 'dispatch', 'fetch', 'fetch']
-  assert json.loads((tmp_path / 'run' / 'metrics.json').read_text())['num_images'] == 9
+  variables = fcos.init_variables(model, 0)
+  for run in ('first', 'second'):  # The same Evaluator again: the same batches, the same results.
+    evaluator.run(variables, str(tmp_path / run))
+  assert events == ['dispatch', 'dispatch', 'fetch', 'fetch'] * 2
+  assert json.loads((tmp_path / 'first' / 'metrics.json').read_text())['num_images'] == 9
+  assert (tmp_path / 'first' / 'results.json').read_text() == (tmp_path / 'second' / 'results.json').read_text()

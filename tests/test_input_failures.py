@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fcos_jax import eval_lib
-from fcos_jax.data import pipeline
+from fcos_jax.data import iterator
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
 from fcos_jax.recipes import shapes
@@ -104,7 +104,7 @@ def test_signals_are_honoured_while_the_input_blocks(data_root, tmp_path, signum
     proc.send_signal(signum)
     sent = time.time()
     output, _ = proc.communicate(timeout=30)
-    assert time.time() - sent < 10 + pipeline._GRACE_S, output[-3000:]
+    assert time.time() - sent < 10 + iterator._GRACE_S, output[-3000:]
   finally:
     proc.kill()
   # Either signal asks for a stop with a checkpoint; the read never ends, so after _GRACE_S nothing can be saved.
@@ -154,7 +154,7 @@ def test_an_unreadable_eval_image_counts_as_missed(data_root, tmp_path, capsys):
   variables = fcos.init_variables(model, 0)
   for name in ('good', 'bad'):
     os.makedirs(tmp_path / name)
-  eval_lib.evaluate(tiny_config(root), model, variables, mesh, str(tmp_path / 'good'))
+  eval_lib.Evaluator(tiny_config(root), model, mesh).run(variables, str(tmp_path / 'good'))
   with open(tmp_path / 'good' / 'results.json') as f:
     results = json.load(f)
   dataset['annotations'] = []
@@ -167,7 +167,7 @@ def test_an_unreadable_eval_image_counts_as_missed(data_root, tmp_path, capsys):
     json.dump(dataset, f)
   broken = dataset['images'][2]
   truncate(os.path.join(root, 'val', broken['file_name']))
-  bad = eval_lib.evaluate(tiny_config(root, skip_bad_images=True), model, variables, mesh, str(tmp_path / 'bad'))
+  bad = eval_lib.Evaluator(tiny_config(root, skip_bad_images=True), model, mesh).run(variables, str(tmp_path / 'bad'))
   assert 'on 6 images, 1 of them unreadable (scored as missed)' in capsys.readouterr().out
   kept = [r for r in results if r['image_id'] != broken['id']]
   assert len(kept) < len(results)

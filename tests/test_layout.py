@@ -72,3 +72,36 @@ def test_no_import_circle():
 
 def test_errors_is_a_leaf():
   assert graph()['fcos_jax.errors'] == set()
+
+
+def top_level_imports(path):
+  """The top-level module names (e.g. 'jax', 'fcos_jax') imported by the statements at the module level of `path`;
+  imports inside functions (each there for a reason it states) are not counted."""
+  names = set()
+  for node in ast.parse(open(path).read(), path).body:
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names.update(f'{node.module}.{alias.name}' for alias in node.names)
+  return names
+
+
+def test_the_data_layer_does_not_import_jax():
+  """fcos_jax.data imports neither JAX (nor Flax, Optax, orbax) nor a package module outside the data layer but the
+  JAX-free leaves (config, errors, atomic). (TensorFlow itself may import JAX when it is installed, so this is read
+  from the source, not from sys.modules.)"""
+  known, allowed = modules(), {'fcos_jax.config', 'fcos_jax.errors', 'fcos_jax.atomic'}
+  offenders = []
+  for name, path in known.items():
+    if not name.startswith('fcos_jax.data'):
+      continue
+    for imported in top_level_imports(path):
+      root = imported.split('.')[0]
+      if root in ('jax', 'jaxlib', 'flax', 'optax', 'orbax'):
+        offenders.append(f'{name} imports {imported}')
+      elif root == 'fcos_jax':
+        while imported not in known:
+          imported = imported.rpartition('.')[0]
+        if not imported.startswith('fcos_jax.data') and imported not in allowed:
+          offenders.append(f'{name} imports {imported}')
+  assert 'fcos_jax.data.pipeline' in known and not offenders

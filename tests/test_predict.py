@@ -130,7 +130,7 @@ def test_one_trace_per_canvas_over_many_calls(monkeypatch):
 
 @pytest.mark.slow  # ~2 min on 2 busy cores: evaluation compiles for 8 devices.
 def test_predictor_equals_the_evaluation_path(tmp_path):
-  """eval_lib.evaluate's results.json (its own tf.data pipeline, 8-way sharded batches) and the predictor on the same
+  """eval_lib.Evaluator's results.json (its own tf.data pipeline, 8-way sharded batches) and the predictor on the same
   files give the same detections."""
   root = tmp_path / 'shapes'
   synthetic.generate(str(root), num_train=1, num_val=6, seed=0)
@@ -141,7 +141,7 @@ def test_predictor_equals_the_evaluation_path(tmp_path):
   from fcos_jax.model import fcos  # pylint: disable=g-import-not-at-top
   model = fcos.build_model(config.model)
   variables = fcos.init_variables(model, 0)
-  eval_lib.evaluate(config, model, variables, runtime.create_mesh(), str(tmp_path))
+  eval_lib.Evaluator(config, model, runtime.create_mesh()).run(variables, str(tmp_path))
   evaluated = json.loads((tmp_path / 'results.json').read_text())
   gt = json.loads((root / 'annotations' / 'instances_val.json').read_text())
   p = predict.Predictor(config, variables, category_ids=[c['id'] for c in gt['categories']], batch_size=1)

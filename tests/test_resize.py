@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from fcos_jax import resize
-from fcos_jax.data import pipeline, synthetic, transforms
+from fcos_jax.data import pipeline, sources, synthetic, transforms
 import opencv_linear
 from test_data_pipeline import make_config, take
 
@@ -101,7 +101,7 @@ def assert_same_batches(host_batches, device_batches):
 def test_shapes_training_batches_round_trip(root):
   host = take(pipeline.make_train_dataset(make_config(root)), 6)
   device = take(pipeline.make_train_dataset(make_config(root, resize_on='device')), 6)
-  shapes = pipeline.source_canvases(pipeline.make_source(make_config(root)), 'train', make_config(root).data.canvases)
+  shapes = pipeline.source_canvases(sources.make_source(make_config(root)), 'train', make_config(root).data.canvases)
   assert {b['image'].shape[1:3] for b in device} <= set(shapes)  # Decoded, padded to the bucket's largest original.
   assert any(b['flip'].any() for b in device) and any((~b['flip']).any() for b in device)
   assert_same_batches(host, device)
@@ -118,7 +118,7 @@ def test_shapes_evaluation_batches_round_trip(root):
 
 def test_source_canvases_hold_every_original_of_their_bucket(root):
   config = make_config(root)
-  source = pipeline.make_source(config)
+  source = sources.make_source(config)
   sizes = source.index('train').sizes
   shapes = pipeline.source_canvases(source, 'train', config.data.canvases)
   landscape = sizes[sizes[:, 1] >= sizes[:, 0]]

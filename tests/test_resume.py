@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 
 from fcos_jax import checkpoints, train_lib
-from fcos_jax.data import pipeline
+from fcos_jax.data import iterator, pipeline
 
 from test_train import data_root, final_params, tiny_config  # noqa: F401  (data_root is a fixture)
 
 
 def next_batch_ids(workdir, config):
   """The image ids of the batch that a run resumed from `workdir`'s newest checkpoint would train on next."""
-  iterator = iter(pipeline.make_train_dataset(config))
+  batch_iterator = iter(pipeline.make_train_dataset(config))
   mgr = checkpoints.manager(os.path.join(workdir, 'checkpoints'))
   step = mgr.latest_step()
-  mgr.restore(step, args=checkpoints.ocp.args.Composite(data=checkpoints.DataState(iterator)))
+  mgr.restore(step, args=checkpoints.ocp.args.Composite(data=checkpoints.DataState(batch_iterator)))
   mgr.close()
-  return step, next(iterator)['image_id'].tolist()
+  return step, next(batch_iterator)['image_id'].tolist()
 
 
 def assert_same_params(a, b):
@@ -43,7 +43,7 @@ def straight(data_root, tmp_path_factory):  # noqa: F811
 def stop_at_batch(monkeypatch, fetch):
   """SIGTERM to this process when the loop asks the input for its `fetch`-th batch (1-based), once."""
   calls = {'n': 0}
-  original = pipeline.BatchIterator.__next__
+  original = iterator.BatchIterator.__next__
 
   def counting_next(self):
     calls['n'] += 1
@@ -51,7 +51,7 @@ def stop_at_batch(monkeypatch, fetch):
       os.kill(os.getpid(), signal.SIGTERM)
     return original(self)
 
-  monkeypatch.setattr(pipeline.BatchIterator, '__next__', counting_next)
+  monkeypatch.setattr(iterator.BatchIterator, '__next__', counting_next)
 
 
 def test_four_legs_end_where_one_run_ends(straight, data_root, tmp_path, monkeypatch, capsys):  # noqa: F811
@@ -104,17 +104,19 @@ def test_the_host_runs_one_step_ahead_so_a_signal_stops_within_two_steps(data_ro
   all of them. When the loop asks for its 10th batch, at most the 9th step may still be unfinished; the signal sent
   then saves step 9."""
   unfinished, fetched = [], {'n': 0}
-  original = pipeline.BatchIterator.__next__
+  original = iterator.BatchIterator.__next__
 
   def signal_at_tenth(self):
     fetched['n'] += 1
     if fetched['n'] == 10:
-      loop = sys._getframe(1)  # The training loop, which holds the metrics of the steps it has dispatched.
-      unfinished.append(sum(not m['loss'].is_ready() for m in loop.f_locals['pending']))
+      loop = sys._getframe(1)
+      while 'meter' not in loop.f_locals:  # Up to the training loop, whose meter holds the dispatched steps' metrics.
+        loop = loop.f_back
+      unfinished.append(sum(not m['loss'].is_ready() for m in loop.f_locals['meter'].pending))
       os.kill(os.getpid(), signal.SIGTERM)
     return original(self)
 
-  monkeypatch.setattr(pipeline.BatchIterator, '__next__', signal_at_tenth)
+  monkeypatch.setattr(iterator.BatchIterator, '__next__', signal_at_tenth)
   config = tiny_config(data_root, num_steps=1000, log_every=1000, checkpoint_every=1000, final_eval=False)
   train_lib.train_and_evaluate(config, str(tmp_path))
   assert unfinished[0] <= 1, f'{unfinished[0]} steps were still queued when the signal came'

@@ -14,7 +14,7 @@ from fcos_jax.recipes import shapes
 from fcos_jax import checkpoints, eval_lib, train_lib
 from fcos_jax.commands import train as fcos_train
 from fcos_jax import config as config_lib
-from fcos_jax.data import synthetic
+from fcos_jax.data import annotations, synthetic
 from fcos_jax.model import fcos
 
 
@@ -151,8 +151,11 @@ def test_periodic_evaluations_compile_once_and_reach_tensorboard(data_root, tmp_
     return traced_eval_step
 
   monkeypatch.setattr(eval_lib, 'make_eval_step', counted)
+  parsed, load = [], annotations.load_annotations
+  monkeypatch.setattr(annotations, 'load_annotations', lambda path: parsed.append(path) or load(path))
   train_lib.train_and_evaluate(tiny_config(data_root, num_steps=3, eval_every=1), str(tmp_path))
   assert len(traces) == 1, traces  # Evaluations at steps 1, 2 and 3; one canvas, one compilation.
+  assert len(parsed) == len(set(parsed)) == 2  # The train and val jsons, each parsed once in the run.
   for step in (1, 2, 3):
     assert (tmp_path / f'metrics_step{step}.json').exists()
   found = scalars(str(tmp_path / 'tensorboard'))

@@ -7,7 +7,7 @@ import sys
 
 from fcos_jax import errors
 from fcos_jax.commands import harness
-from fcos_jax.data import check, coco
+from fcos_jax.data import check, sources
 
 
 def _check(args, config):
@@ -18,7 +18,7 @@ def _check(args, config):
   if config is not None:
     source, default_splits = check.config_splits(config)
   else:
-    source = coco.FolderSource(args.root)
+    source = sources.FolderSource(args.root)
     folder = os.path.dirname(source.annotation_path('SPLIT'))
     found = [re.fullmatch(r'instances_(.+)\.json', f) for f in sorted(os.listdir(folder))] if os.path.isdir(
         folder) else []

@@ -4,9 +4,8 @@ fcos_jax.export)."""
 import jax
 import numpy as np
 
-from fcos_jax import checkpoints, export
+from fcos_jax import checkpoints, export, inference
 from fcos_jax.commands import harness
-from fcos_jax.model import fcos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.check_output_directory(args.out, '--out')
     canvas = export.check_canvas(config, args.canvas)
     metadata = checkpoints.read_metadata(args.checkpoint) or {}
-    model = fcos.build_model(config.model)
-    variables = checkpoints.load_variables(args.checkpoint, jax.eval_shape(lambda: fcos.init_variables(model, 0)))
+    _, variables = inference.load_detector(args.checkpoint, config)
     variables = jax.tree_util.tree_map(np.asarray, variables)
     path = export.export(config, variables, args.format, args.out, canvas, metadata.get('class_names'),
                          metadata.get('category_ids'), args.outputs)

@@ -3,7 +3,8 @@
 A converter is a naming table: for every variable of the target model it names the source key and the layout
 change (OIHW -> HWIO, [1] -> scalar, ...). `fill` walks the model's own variable tree through that table, so every
 variable gets a value and every source key is used or knowingly dropped; anything else is an error that lists the
-names. `fcos-convert` (fcos_jax.commands.convert) writes the result as an orbax checkpoint (`checkpoints.save_variables`).
+names. `fcos-convert` (fcos_jax.commands.convert) writes the result as an orbax checkpoint
+(`checkpoints.save_variables`).
 """
 
 from typing import Callable, Iterable, NamedTuple
@@ -48,7 +49,8 @@ def scalar(x):
 
 
 def model_config(arch, config=None):
-  """The `model` section for `arch`: `config.model` (default: `fcos_jax.config.get_config()`) with the arch's overrides."""
+  """The `model` section for `arch`: `config.model` (default: `fcos_jax.config.get_config()`) with the arch's
+  overrides."""
   if arch not in ARCHS:
     raise ValueError(f'Unknown arch {arch!r}; choose one of {sorted(ARCHS)}')
   m = (config or config_lib.get_config()).model.copy_and_resolve_references()

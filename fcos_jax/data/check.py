@@ -5,7 +5,7 @@ before a long run; exits non-zero when something would stop training.
     fcos-check-data --config=r50_1x --config.data.root=/data/coco   # the config's train and val splits
 
 Images are opened lazily with Pillow (header only: size, mode, EXIF orientation) by a thread pool; their first and
-last bytes go through the input pipeline's own integrity check (`coco.integrity_problem`), so a file reported
+last bytes go through the input pipeline's own integrity check (`decoding.integrity_problem`), so a file reported
 readable here passes the same test in training. Pixels are not decoded: damage inside a file that keeps its
 structure is found only by the decoder.
 """
@@ -23,11 +23,9 @@ from PIL import Image
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
-from fcos_jax import runtime
-from fcos_jax.data import coco
-from fcos_jax.data import pipeline  # Its source generates the synthetic data if asked.
+from fcos_jax.data import annotations, decoding, sources, synthetic
 
-_HEAD, _TAIL = 16, 1024  # Bytes that `coco.integrity_problem` looks at: the format magic and the end markers.
+_HEAD, _TAIL = 16, 1024  # Bytes that `decoding.integrity_problem` looks at: the format magic and the end markers.
 _CHUNK = 4096  # Images inspected per round (bounds the memory of the byte snippets).
 _EXIF_ORIENTATION = 0x0112
 _ROTATED_90 = (5, 6, 7, 8)  # EXIF orientations that swap width and height.
@@ -143,17 +141,17 @@ def _read_header(path):
 
 
 def _integrity_problems(snippets):
-  """`coco.integrity_problem` of each byte snippet (a list of bytes) -> list of str ('' for whole files)."""
+  """`decoding.integrity_problem` of each byte snippet (a list of bytes) -> list of str ('' for whole files)."""
   if not snippets:
     return []
   dataset = tf.data.Dataset.from_tensor_slices(tf.constant(snippets, tf.string))
-  dataset = dataset.map(coco.integrity_problem, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+  dataset = dataset.map(decoding.integrity_problem, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
   return [p.decode() for batch in dataset.as_numpy_iterator() for p in batch]
 
 
 def _check_image(report, img, path, header, problem):
   """Adds the findings of one image (json entry `img`, its file `path`) from its `Header` (None: missing) and
-  `problem` (`coco.integrity_problem` of its snippet)."""
+  `problem` (`decoding.integrity_problem` of its snippet)."""
   where = f'{path} (image_id {img["id"]})'
   if header is None:
     report.add('missing', where)
@@ -182,12 +180,12 @@ def _check_image(report, img, path, header, problem):
 
 
 def _check_boxes(report, dataset):
-  """Box findings and per-category counts, with the filters training applies (`coco.clean_boxes`)."""
+  """Box findings and per-category counts, with the filters training applies (`annotations.clean_boxes`)."""
   images = {img['id']: img for img in dataset['images']}
   names = {cat['id']: str(cat.get('name', cat['id'])) for cat in dataset['categories']}
   by_image = collections.defaultdict(list)
   unknown = set()
-  for ann, key in coco.unknown_references(dataset):
+  for ann, key in annotations.unknown_references(dataset):
     report.add(f'unknown_{key[:-3]}', f'annotation {ann["id"]}: {key} {ann[key]}')
     unknown.add(id(ann))
   for ann in dataset['annotations']:
@@ -198,7 +196,7 @@ def _check_boxes(report, dataset):
     anns = by_image[image_id]
     xywh = np.array([a['bbox'] for a in anns], np.float64).reshape(-1, 4)
     crowd = np.array([bool(a.get('iscrowd', 0)) for a in anns], bool)
-    _, kept = coco.clean_boxes(xywh, crowd, img['height'], img['width'])
+    _, kept = annotations.clean_boxes(xywh, crowd, img['height'], img['width'])
     degenerate = ~crowd & ((xywh[:, 2] <= 0) | (xywh[:, 3] <= 0))
     outside = ~crowd & ~degenerate & ((xywh[:, 0] < 0) | (xywh[:, 1] < 0) | (xywh[:, 0] + xywh[:, 2] > img['width'])
                                       | (xywh[:, 1] + xywh[:, 3] > img['height']))
@@ -221,10 +219,10 @@ def _check_boxes(report, dataset):
 
 
 def check_split(source, split, threads=16, progress=None):
-  """The `Report` of `split` of a `coco.FolderSource`. The json's structure must be valid (else ValueError naming
+  """The `Report` of `split` of a `sources.FolderSource`. The json's structure must be valid (else ValueError naming
   the entry); everything else is reported. `progress`: a file for progress lines on long checks."""
   path = source.annotation_path(split)
-  dataset = coco.load_annotations(path)
+  dataset = annotations.load_annotations(path)
   report = Report(split, path, len(dataset['images']), len(dataset['annotations']))
   _check_boxes(report, dataset)
   entries = dataset['images']
@@ -247,22 +245,25 @@ def check_split(source, split, threads=16, progress=None):
 
 
 def config_splits(config):
-  """The (source, splits) a training run of `config` reads: its train split, and its val split when it evaluates."""
+  """The (source, splits) a training run of `config` reads: its train split, and its val split when it evaluates.
+  Generates the synthetic dataset first when the config asks for it (as training would)."""
   if config.data.source != 'folder':
     raise config_lib.ConfigError(f'The dataset check reads COCO-format folders; data.source is {config.data.source!r}.')
   splits = [config.data.train_split]
   if config.train.final_eval or config.train.eval_every:
     splits.append(config.data.val_split)
-  return pipeline.make_source(config), list(dict.fromkeys(splits))
+  synthetic.ensure(config)
+  return sources.make_source(config), list(dict.fromkeys(splits))
 
 
-def stop_on_problems(config, out=None):
-  """Checks the splits a training run of `config` reads, prints the reports to `out` (default: stdout), and raises
-  DatasetProblems if anything would stop training."""
-  out = out or sys.stdout
+def stop_on_problems(config, out=None, quiet=False):
+  """Checks the splits a training run of `config` reads, prints the reports and progress to `out` (default: stdout;
+  nothing if `quiet`, as on every process of a run but the first), and raises DatasetProblems if anything would stop
+  training."""
+  out = None if quiet else out or sys.stdout
   source, splits = config_splits(config)
   reports = [check_split(source, split, progress=out) for split in splits]
-  if runtime.is_main_process():
+  if out is not None:
     print('\n'.join(r.format() for r in reports), file=out, flush=True)
   fatal = {r.split: r.fatal for r in reports if r.fatal}
   if fatal:

@@ -17,182 +17,14 @@ fixed order with the same number of batches per process (evaluation), so the glo
 import dataclasses
 import logging
 import math
-import os
-import queue
-import re
-import threading
-import time
 
 import numpy as np
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
-from fcos_jax import resize
-from fcos_jax.data import coco
-from fcos_jax.data import synthetic
-from fcos_jax.data import transforms
+from fcos_jax.data import annotations, decoding, iterator, sources, transforms
 
 _ESTIMATE_IMAGES = 1000  # Images whose orientation estimates the bucket mix of a TFDS training split.
-_SOURCES = {}  # Sources by their config, so that periodic evaluations parse the json / scan TFDS only once.
-
-
-def make_source(config):
-  """The data source named by `config.data` (checked by `config.validate`); generates the synthetic dataset first
-  when asked and missing."""
-  d = config.data
-  if d.source == 'tfds':
-    key = ('tfds', d.tfds_name, d.tfds_data_dir)
-    if key not in _SOURCES:
-      _SOURCES[key] = coco.TfdsSource(d.tfds_name, d.tfds_data_dir)
-    return _SOURCES[key]
-  layout = {d.train_split: (d.train_images, d.train_annotations), d.val_split: (d.val_images, d.val_annotations)}
-  jsons = [coco.split_paths(d.root, split, *paths)[1] for split, paths in layout.items()]
-  if d.generate_synthetic and not all(os.path.exists(path) for path in jsons):
-    logging.info('Generating the synthetic dataset in %s', d.root)
-    synthetic.generate(d.root, seed=config.seed)
-  key = ('folder', os.path.abspath(d.root), d.skip_bad_images, tuple(sorted(layout.items())))
-  if key not in _SOURCES:
-    _SOURCES[key] = coco.FolderSource(d.root, skip_bad_images=d.skip_bad_images, layout=layout)
-  return _SOURCES[key]
-
-
-_SUMMARY_FILES = 5  # Files named in a summary of the skipped ones.
-
-
-@dataclasses.dataclass
-class InputStats:
-  """What the input dropped instead of failing, so training and evaluation can report it."""
-  images_over_max_boxes: int = 0  # Images with more GT boxes than data.max_boxes.
-  dropped_boxes: int = 0  # Their smallest boxes, dropped.
-  skipped: dict = dataclasses.field(default_factory=dict)  # 'FILE (image_id N): why' -> None, in order seen.
-
-  @property
-  def skipped_images(self):
-    """Unreadable or missing images skipped (data.skip_bad_images), each counted once however often it came."""
-    return len(self.skipped)
-
-  def skip(self, messages, warn=True):
-    """Counts the images of `messages` ('FILE (image_id N): why'; '' ignored); warns once per new one."""
-    for message in messages:
-      if message and message not in self.skipped:
-        self.skipped[message] = None
-        if warn:
-          logging.warning('Skipping unreadable image %s', message)
-
-  def summary(self):
-    """{'skipped_images': count, 'skipped_files': the first few messages} for metrics files."""
-    return {'skipped_images': self.skipped_images, 'skipped_files': list(self.skipped)[:_SUMMARY_FILES]}
-
-  def summary_line(self):
-    """One line for the end of a run, '' when nothing was skipped."""
-    if not self.skipped:
-      return ''
-    first = list(self.skipped)[:_SUMMARY_FILES]
-    return (f'Skipped {self.skipped_images} unreadable image(s) (data.skip_bad_images): ' + '; '.join(first)
-            + ('; ...' if self.skipped_images > len(first) else ''))
-
-
-class Interrupted(Exception):
-  """A stop was requested (e.g. SIGTERM) before or while waiting for a batch: the iterator's position is that of the
-  last batch returned, unless its `stuck` is set (see BatchIterator)."""
-
-
-_POLL_S = 0.2  # How often a wait for input checks for a stop request.
-_GRACE_S = 5  # After a stop request, how long a batch being read may take before the wait gives up.
-
-
-class Batches:
-  """Iterable of NumPy batches from a tf.data pipeline; `stats` counts what the input dropped.
-
-  `dataset` is the underlying tf.data.Dataset; `len()` is the number of batches (evaluation only). Iterators are
-  checkpointable: `tf.train.Checkpoint(iterator=iter(batches))` saves and restores the position. `stop` (a callable)
-  is asked before each batch and polled while waiting for one: once it returns True, `next()` raises Interrupted.
-  """
-
-  def __init__(self, dataset, stats, num_batches=None, stop=None):
-    self.dataset = dataset
-    self.stats = stats
-    self.num_batches = num_batches
-    self.stop = stop or (lambda: False)
-
-  def __len__(self):
-    if self.num_batches is None:
-      raise TypeError('The training dataset is infinite.')
-    return self.num_batches
-
-  def __iter__(self):
-    return BatchIterator(self.dataset, self.stats, self.stop)
-
-
-class BatchIterator(tf.Module):
-  """Iterator over NumPy batch dicts; a tf.Module so that tf.train.Checkpoint tracks the tf.data iterator inside.
-
-  A worker thread runs the tf.data `next()` (C++, where Python signal handlers cannot run) one batch per request,
-  and the caller waits for it in short slices: Ctrl-C raises at once and `stop` is honoured within _POLL_S, or, if a
-  batch is being read, when it arrives or after _GRACE_S (then `stuck` is True: the read never ended, and the
-  position must not be saved, as the iterator is busy).
-  """
-
-  def __init__(self, dataset, stats, stop):
-    super().__init__()
-    self._iterator = iter(dataset)
-    self._stats = stats
-    self._stop = stop
-    self._requests, self._results = queue.SimpleQueue(), queue.SimpleQueue()
-    self._worker = None
-    self.stuck = False  # A read outlived a stop request by _GRACE_S.
-    self._waiting = False  # A request is out and its batch not yet handed out.
-
-  def __iter__(self):
-    return self
-
-  def _work(self):
-    """Worker thread: one batch per request; exceptions are handed over."""
-    while self._requests.get():
-      try:
-        self._results.put({k: v.numpy() for k, v in next(self._iterator).items()})
-      except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller's thread)
-        self._results.put(e)
-        return
-
-  def __next__(self):
-    if not self._waiting:
-      if self._stop():
-        raise Interrupted('Stop requested.')
-      if self._worker is None:
-        self._worker = threading.Thread(target=self._work, name='input', daemon=True)
-        self._worker.start()
-      self._requests.put(True)
-      self._waiting = True
-    deadline = None
-    while True:
-      try:
-        batch = self._results.get(timeout=_POLL_S)
-        break
-      except queue.Empty:
-        if deadline is None and self._stop():
-          deadline = time.monotonic() + _GRACE_S
-        if deadline is not None and time.monotonic() > deadline:
-          self.stuck = True
-          raise Interrupted(f'Stop requested; the input has been stuck for {_GRACE_S} s since.') from None
-    self._waiting = False
-    if isinstance(batch, StopIteration):
-      raise StopIteration
-    if isinstance(batch, tf.errors.OpError):
-      found = re.search(r'assertion failed: \[(.*?)\]', batch.message, re.S)
-      raise ValueError(f'Input pipeline: {found.group(1) if found else batch.message}') from None
-    if isinstance(batch, BaseException):
-      raise batch
-    for key in ('skipped', 'problem'):  # Messages of unreadable images: [B, K] (training) or [B] (evaluation).
-      if key in batch:
-        self._stats.skip(m.decode() for m in np.ravel(batch.pop(key)))
-    dropped = batch.pop('dropped_boxes')
-    if dropped.any():
-      self._stats.images_over_max_boxes += int(np.sum(dropped > 0))
-      self._stats.dropped_boxes += int(dropped.sum())
-      logging.warning('Images %s have more GT boxes than data.max_boxes; dropped their %d smallest boxes.',
-                      batch['image_id'][dropped > 0].tolist(), int(dropped.sum()))
-    return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,21 +82,15 @@ def _label_to_category(source, split, config, class_names):
                                  f'{config.model.num_classes}.')
   categories = [{'id': i, 'name': n} for i, n in zip(source.category_ids(split), source.class_names(split))]
   try:
-    return coco.label_to_category(class_names, categories)
+    return annotations.label_to_category(class_names, categories)
   except ValueError as e:
     raise config_lib.ConfigError(f'Split {split!r}: {e}') from e
-
-
-def label_to_category(config, class_names, split=None):
-  """`_label_to_category` of `split` (default data.val_split) of `config`'s source: lets training check, before it
-  starts, the mapping its evaluations will need, rather than hours later at the first one."""
-  return _label_to_category(make_source(config), split or config.data.val_split, config, class_names)
 
 
 def _bucket_weights(source, config, split, process_count):
   """Fraction of the training images (with boxes) in each canvas bucket, the same on every process."""
   canvases = config.data.canvases
-  if isinstance(source, coco.FolderSource):
+  if isinstance(source, sources.FolderSource):
     index = source.index(split)
     sizes = index.sizes[[len(b) > 0 for b in index.labels]]
   else:
@@ -282,7 +108,11 @@ def _bucket_weights(source, config, split, process_count):
 
 def _on_device(config):
   """Whether the train and eval steps resize this input (data.resize_on), so that the host only decodes."""
-  return resize.side(config.data.resize_on) == 'device'
+  side = config.data.resize_on
+  if side == 'auto':
+    from fcos_jax import resize  # pylint: disable=g-import-not-at-top  (only 'auto' needs JAX: its backend decides)
+    side = resize.side(side)
+  return side == 'device'
 
 
 def source_canvases(source, split, canvases):
@@ -303,9 +133,9 @@ def _padded_batch(dataset, batch_size, image_shape):
 
 
 def _element(source, record, config, canvas, short, flip, skip_bad=False):
-  """Decoded, transformed element for `canvas`, and its `coco.unreadable` message ('' if readable)."""
+  """Decoded, transformed element for `canvas`, and its `decoding.unreadable` message ('' if readable)."""
   d = config.data
-  example, problem = coco.decode(record, source.read(record), skip_bad)
+  example, problem = decoding.decode(record, source.read(record), skip_bad)
   on_host = not _on_device(config)
   element = transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes, d.resize_mode,
                                resize_image=on_host)
@@ -317,7 +147,7 @@ def _element(source, record, config, canvas, short, flip, skip_bad=False):
 def _images_per_bucket(source, split, canvases, process_index, process_count):
   """This process's training images in each canvas bucket, per epoch: [len(canvases)] ints, exact for a folder,
   for TFDS an upper bound (the process's share of the whole split)."""
-  if isinstance(source, coco.FolderSource):
+  if isinstance(source, sources.FolderSource):
     rows = source.process_rows(split, process_index, process_count, with_boxes_only=True)
     return np.bincount(transforms.canvas_index(source.index(split).sizes[rows], canvases), minlength=len(canvases))
   return np.full(len(canvases), -(-source.num_images(split) // process_count))
@@ -335,7 +165,7 @@ def _readable_only(source, records, num_images, what):
 
   @tf.autograph.experimental.do_not_convert
   def check(record):
-    return {**record, 'problem': coco.unreadable(record, source.read(record))}
+    return {**record, 'problem': decoding.unreadable(record, source.read(record))}
 
   @tf.autograph.experimental.do_not_convert
   def step(state, record):
@@ -344,7 +174,8 @@ def _readable_only(source, records, num_images, what):
     record = {k: v for k, v in record.items() if k != 'problem'}
     bad = tf.not_equal(problem, '')
     run = tf.where(bad, run + 1, 0)
-    found = tf.strings.reduce_join(tf.unique(tf.concat([pending, [problem]], 0)).y[:_SUMMARY_FILES], separator='; ')
+    seen = tf.unique(tf.concat([pending, [problem]], 0)).y
+    found = tf.strings.reduce_join(seen[:iterator.SUMMARY_FILES], separator='; ')
     message = tf.strings.join([f'No readable image in {what} ({num_images} image(s) or fewer; {limit} unreadable '
                                'in a row): ', found])
     with tf.control_dependencies([tf.debugging.Assert(run < limit, [message])]):
@@ -364,19 +195,20 @@ def _readable_only(source, records, num_images, what):
   return records.filter(readable).map(without_flag)
 
 
-def make_train_dataset(config, process_index=0, process_count=1, stop=None):
-  """Infinite, shuffled, deterministic training batches of `train.batch_size // process_count` images -> Batches.
+def make_train_dataset(config, process_index=0, process_count=1, stop=None, source=None):
+  """Infinite, shuffled, deterministic training batches of `train.batch_size // process_count` images: Batches.
 
   Each process reads its own share of the images as an endless shuffled stream; each canvas bucket takes its
   images from it, and a schedule seeded by `config.seed` (the same on every process) picks the bucket of every batch.
   With data.skip_bad_images, unreadable images are dropped (and reported once each); a bucket with no readable image
-  is an error. `stop`: see `Batches`.
+  is an error. `stop`: see `iterator.Batches`. `source`: the run's `sources.make_source(config)` (default: a new
+  one, which parses the annotations again).
   """
   d = config.data
   batch = _local_batch(config.train.batch_size, process_count, 'train.batch_size')
-  source = make_source(config)
+  source = source or sources.make_source(config)
   _check_classes(source, d.train_split, config)
-  stats = InputStats()
+  stats = iterator.InputStats()
   stats.skip((f'{file} (image_id {image_id}): missing' for file, image_id in source.missing(d.train_split)), warn=False)
   weights = _bucket_weights(source, config, d.train_split, process_count)
   if d.skip_bad_images:
@@ -412,7 +244,7 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None):
   else:
     dataset = tf.data.Dataset.sample_from_datasets(streams, [w for w in weights if w],
                                                    seed=_seed(config.seed, _SCHEDULE), stop_on_empty_dataset=True)
-  return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, stop=stop)
+  return iterator.Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, stop=stop)
 
 
 def _padding_element(max_boxes, canvas=None):
@@ -427,22 +259,24 @@ def _padding_element(max_boxes, canvas=None):
           'problem': tf.constant('')}
 
 
-def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop=None, class_names=None):
+def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop=None, class_names=None,
+                      source=None):
   """Every image of `split` (default data.val_split) once, in batches of `eval.batch_size // process_count`.
 
   Buckets come one after the other; each process gets every `process_count`-th image of a bucket and the same number
   of batches, the last of a bucket padded with `mask` False. `eval.max_images` > 0 keeps only the first images.
   With data.skip_bad_images an unreadable image stays in its batch with `mask` False and `unreadable` True (a zero
-  image; its ground truth still counts, as missed) and is reported once. `stop`: see `Batches`. `class_names`:
-  the model's, in label order, to map its labels to the split's categories by name (see `_label_to_category`).
-  Returns (Batches, EvalInfo).
+  image; its ground truth still counts, as missed) and is reported once. `stop`: see `iterator.Batches`.
+  `class_names`: the model's, in label order, to map its labels to the split's categories by name (see
+  `_label_to_category`). `source`: as for `make_train_dataset`. Returns (iterator.Batches, EvalInfo); the batches
+  can be iterated again for another evaluation.
   """
   d = config.data
   split = split or d.val_split
   batch = _local_batch(config.eval.batch_size, process_count, 'eval.batch_size')
-  source = make_source(config)
+  source = source or sources.make_source(config)
   label_to_category = _label_to_category(source, split, config, class_names)
-  stats = InputStats()
+  stats = iterator.InputStats()
   index = source.index(split)
   n = len(index) if config.eval.max_images <= 0 else min(len(index), config.eval.max_images)
   counts = np.bincount(transforms.canvas_index(index.sizes[:n], d.canvases), minlength=len(d.canvases))
@@ -475,5 +309,5 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
   stats.skip((f'{file} (image_id {image_id}): missing' for file, image_id in missing), warn=False)
   info = EvalInfo(num_batches, n + len(missing), label_to_category, source.coco_gt(split),
                   tuple(image_id for _, image_id in missing))
-  return Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, num_batches, stop), info
+  return iterator.Batches(_options(dataset.prefetch(tf.data.AUTOTUNE), config), stats, num_batches, stop), info
 

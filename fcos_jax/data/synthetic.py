@@ -9,11 +9,13 @@ ids are non-contiguous so that the id <-> label mapping is exercised. The output
 """
 
 import argparse
+import logging
 import os
 
 import numpy as np
 
 from fcos_jax import atomic
+from fcos_jax.data import annotations
 
 # (category id, name, RGB colour): ids deliberately non-contiguous.
 CATEGORIES = (
@@ -151,6 +153,18 @@ def generate(out_dir: str, num_train: int = 400, num_val: int = 50, seed: int = 
     write_split(staging, 'train', num_train, seed)
     write_split(staging, 'val', num_val, seed)
   return out_dir
+
+
+def ensure(config) -> None:
+  """Generates the dataset into data.root (seed: config.seed) when data.generate_synthetic is set and the
+  annotation file of the train or val split is missing (the demo's first run); otherwise does nothing."""
+  d = config.data
+  if not d.generate_synthetic or d.source != 'folder':
+    return
+  layout = ((d.train_split, d.train_images, d.train_annotations), (d.val_split, d.val_images, d.val_annotations))
+  if not all(os.path.exists(annotations.split_paths(d.root, *split)[1]) for split in layout):
+    logging.info('Generating the synthetic dataset in %s', d.root)
+    generate(d.root, seed=config.seed)
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Export a detector for serving: StableHLO (jax.export), a TensorFlow SavedModel (jax2tf) or ONNX.
 
-Every format computes `inference.make_detect_fn` (`serving.serving_function`) with the weights baked in, on one fixed canvas (H, W) and ANY batch
-size (a symbolic batch dimension):
+Every format computes `inference.make_detect_fn` (`serving.serving_function`) with the weights baked in, on one
+fixed canvas (H, W) and ANY batch size (a symbolic batch dimension):
   inputs   images uint8 [B, H, W, 3] RGB: each image resized as `Predictor.resize` does and placed at the top-left
            of a zero canvas; sizes int32 [B, 2]: (h, w) of each resized image.
   outputs  'detections': boxes float32 [B, K, 4] xyxy canvas pixels, scores [B, K], classes int32 [B, K],
@@ -21,6 +21,9 @@ decode traced from the same function); its detections come from ONNX's NonMaxSup
 """
 
 import os
+from typing import Sequence
+
+import ml_collections
 
 from fcos_jax import atomic, errors, locations
 from fcos_jax.export import savedmodel, stablehlo
@@ -39,7 +42,8 @@ RESIZE_RULES = {
 }
 
 
-def contract(fmt, config, canvas, class_names, category_ids, outputs):
+def contract(fmt: str, config: ml_collections.ConfigDict, canvas: tuple[int, int], class_names: Sequence[str] | None,
+             category_ids: Sequence[int] | None, outputs: str) -> dict:
   """The json written beside an export: everything a server needs to feed it and read its outputs."""
   d, p = config.data, config.postprocess
   k, c = p.max_detections, config.model.num_classes
@@ -77,7 +81,7 @@ def contract(fmt, config, canvas, class_names, category_ids, outputs):
           'boxes': f'xyxy canvas pixels; original pixels: {RESIZE_RULES[d.resize_mode][1]}; keep rows where valid'}}
 
 
-def check_canvas(config, canvas=None) -> tuple[int, int]:
+def check_canvas(config: ml_collections.ConfigDict, canvas: Sequence[int] | None = None) -> tuple[int, int]:
   """The export canvas (H, W): `canvas`, default the first of data.canvases; a ConfigError unless both are positive
   multiples of the largest stride."""
   canvas = tuple(int(v) for v in (canvas or config.data.canvases[0]))
@@ -86,7 +90,8 @@ def check_canvas(config, canvas=None) -> tuple[int, int]:
   return canvas
 
 
-def export(config, variables, fmt: str, out: str, canvas=None, class_names=None, category_ids=None,
+def export(config: ml_collections.ConfigDict, variables: dict, fmt: str, out: str, canvas: Sequence[int] | None = None,
+           class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
            outputs: str = 'detections') -> str:
   """Writes `fmt` (stablehlo, savedmodel or onnx) and contract.json into directory `out` (both whole, or nothing
   new on failure); returns the model path."""

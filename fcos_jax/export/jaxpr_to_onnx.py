@@ -14,6 +14,7 @@ and writes graphs onnxruntime 1.32 rejects for this model; tf2onnx cannot read j
 
 import hashlib
 import itertools
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -288,7 +289,8 @@ def _value_info(name, dtype, shape):
   return helper.make_tensor_value_info(name, _onnx_dtype(dtype), dims)
 
 
-def to_onnx(fn, specs, input_names, head=None):
+def to_onnx(fn: Callable, specs: Sequence[jax.ShapeDtypeStruct], input_names: Sequence[str],
+            head: Callable | None = None) -> onnx.ModelProto:
   """ONNX ModelProto of `fn(*specs)` (ShapeDtypeStructs; a symbolic first dimension of specs[0] is the batch).
 
   `fn` returns a dict of arrays; its keys name the graph outputs, its inputs are named `input_names`. `head`, if

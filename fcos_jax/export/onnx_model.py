@@ -1,6 +1,9 @@
 """The ONNX format: the network and decode translated from their jaxpr (`jaxpr_to_onnx`), then FCOS's detections
 from ONNX's NonMaxSuppression (`detections_head`). Needs the optional onnx package."""
 
+from typing import Callable, Sequence
+
+import ml_collections
 import numpy as np
 import onnx
 
@@ -9,7 +12,8 @@ from fcos_jax.export import jaxpr_to_onnx
 from fcos_jax.export.serving import input_specs, serving_function
 
 
-def export_onnx(config, variables, canvas, path, outputs):
+def export_onnx(config: ml_collections.ConfigDict, variables: dict, canvas: Sequence[int], path: str,
+                outputs: str) -> None:
   """An ONNX model (symbolic dim 'batch') computing `make_detect_fn`'s 'points', then, for 'detections', the
   NonMaxSuppression head; run it with `onnxruntime.InferenceSession(path).run(None, {'images': .., 'sizes': ..})`."""
   head = None
@@ -22,7 +26,7 @@ def export_onnx(config, variables, canvas, path, outputs):
     f.write(model.SerializeToString())
 
 
-def detections_head(cfg, level_sizes, num_classes):
+def detections_head(cfg: ml_collections.ConfigDict, level_sizes: Sequence[int], num_classes: int) -> Callable:
   """A `jaxpr_to_onnx.to_onnx` head: per-point `boxes` [B, P, 4] and `scores` [B, P, C] -> K detections per image
   with ONNX's NonMaxSuppression, as `postprocess.detect` computes them.
 

@@ -1,6 +1,7 @@
 """The TensorFlow SavedModel format (jax2tf, native serialization); TensorFlow is imported only when it runs."""
 
 import contextlib
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ def _stablehlo_12_weeks_old():
     hlo.get_version_from_compatibility_requirement = real
 
 
-def export_savedmodel(fn, canvas, path):
+def export_savedmodel(fn: Callable, canvas: Sequence[int], path: str) -> None:
   """A SavedModel whose `serve(images, sizes)` (also the 'serving_default' signature) runs `fn` natively
   serialized (an XlaCallModule op for CPU and CUDA); loading it needs TensorFlow only.
 

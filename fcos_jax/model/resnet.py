@@ -33,7 +33,8 @@ class ConvNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, extent=None):
-    """x [N, H, W, Cin] with its `extent` [N, 2] (see layers.py) -> [N, ceil(H / stride), ceil(W / stride), features]."""
+    """x [N, H, W, Cin] with its `extent` [N, 2] (see layers.py) -> [N, ceil(H / stride), ceil(W / stride),
+    features]."""
     if self.deformable:
       conv = DeformConv2d(self.features, self.kernel_size, self.stride, dtype=self.dtype, name='conv')
     else:
