@@ -279,9 +279,11 @@ def _discard_pending_reads():
     sys.unraisablehook = hook
 
 
-def _flat(tree):
-  return {'/'.join(str(getattr(k, 'key', k)) for k in p): v
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def flatten(tree: Any) -> dict:
+  """Nested dicts of variables -> {'collection/module/.../leaf': leaf}: the names checkpoint entries are checked,
+  reported and converted by."""
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def load_variables(path, abstract_variables, backbone_only=False):
@@ -291,8 +293,8 @@ def load_variables(path, abstract_variables, backbone_only=False):
   `abstract_variables` (which must then be real arrays). Missing, unexpected or mis-shaped entries raise
   DataError (a ValueError) listing their names: nothing is silently left at its initial value.
   """
-  raw = _flat(_read_raw_variables(path))
-  want = _flat(abstract_variables)
+  raw = flatten(_read_raw_variables(path))
+  want = flatten(abstract_variables)
   in_scope = lambda name: not backbone_only or name.split('/')[1] == 'backbone'  # noqa: E731
   missing = sorted(n for n in want if in_scope(n) and n not in raw)
   unexpected = sorted(n for n in raw if in_scope(n) and n not in want)

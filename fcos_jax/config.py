@@ -28,9 +28,20 @@ def get_config() -> ml_collections.ConfigDict:
   e.g. `--config.optimizer.lr=0.02`; unknown keys are rejected."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init, data order and augmentation.
+  c.model = _model_defaults()
+  c.assign = _assign_defaults()
+  c.loss = _loss_defaults()
+  c.postprocess = _postprocess_defaults()
+  c.data = _data_defaults()
+  c.train = _train_defaults()
+  c.optimizer = _optimizer_defaults()
+  c.eval = _eval_defaults()
+  return c
 
-  # --- Model ---------------------------------------------------------------------------------------------------------
-  c.model = m = ml_collections.ConfigDict()
+
+def _model_defaults():
+  """`model`: the ResNet-FPN backbone and the FCOS head."""
+  m = ml_collections.ConfigDict()
   m.depth = 50  # ResNet depth: 18, 34, 50 or 101.
   m.stem_width = 64  # Channels of the stem; stage widths are stem_width * (1, 2, 4, 8) (x4 for bottlenecks).
   m.freeze_at = 0  # Stem and stages res2..res{freeze_at+2} get no updates; -1 freezes nothing but BN.
@@ -47,23 +58,32 @@ def get_config() -> ml_collections.ConfigDict:
   m.pixel_mean = (0.485, 0.456, 0.406)  # RGB mean and std of images scaled to [0, 1].
   m.pixel_std = (0.229, 0.224, 0.225)
   m.dtype = 'float32'  # Compute dtype ('bfloat16' for mixed precision); parameters and losses stay float32.
+  return m
 
-  # --- Target assignment ---------------------------------------------------------------------------------------------
-  c.assign = a = ml_collections.ConfigDict()
+
+def _assign_defaults():
+  """`assign`: which points are positives of which box (the target assignment)."""
+  a = ml_collections.ConfigDict()
   a.size_bounds = (64.0, 128.0, 256.0, 512.0)  # Level ranges (-1, 64), (64, 128), ..., (512, inf) on max(l,t,r,b).
   a.inclusive_bounds = False  # Paddle: lower < m < upper. True: lower <= m <= upper (original FCOS, mmdet).
   a.center_radius = 1.5  # Centre-sampling radius in strides; <= 0 uses the whole box.
   a.point_offset = 0.5  # Points at (i + offset) * stride; torchvision uses 0.
+  return a
 
-  # --- Losses ------------------------------------------------------------------------------------------------------
-  c.loss = l = ml_collections.ConfigDict()
+
+def _loss_defaults():
+  """`loss`: focal classification, GIoU regression and the quality branch."""
+  l = ml_collections.ConfigDict()
   l.focal_alpha = 0.25
   l.focal_gamma = 2.0
   l.quality = 'centerness'  # 'centerness' (GIoU weighted by centerness) or 'iou' (IoU-quality branch).
   l.clamp_normalizers = True  # num_pos >= 1 and centerness sum >= 1e-6 (False: Paddle-exact, NaN with no positive).
+  return l
 
-  # --- Post-processing ---------------------------------------------------------------------------------------------
-  c.postprocess = p = ml_collections.ConfigDict()
+
+def _postprocess_defaults():
+  """`postprocess`: scores to detections (candidates, NMS)."""
+  p = ml_collections.ConfigDict()
   p.method = 'fast'  # 'fast' (per level top-k, class-aware NMS) or 'paddle' (per class, Paddle-exact).
   p.score_threshold = 0.025  # Candidates need score > this.
   p.pre_nms_top_k = 1000  # Candidates kept per level ('fast') or per class ('paddle') before NMS.
@@ -71,9 +91,12 @@ def get_config() -> ml_collections.ConfigDict:
   p.max_detections = 100  # K, detections per image.
   p.score_sqrt = False  # score = sqrt(cls * ctr) instead of cls * ctr.
   p.clip_boxes = False  # Clip boxes to the resized image.
+  return p
 
-  # --- Data ----------------------------------------------------------------------------------------------------------
-  c.data = d = ml_collections.ConfigDict()
+
+def _data_defaults():
+  """`data`: the dataset, resizing, canvases and padding."""
+  d = ml_collections.ConfigDict()
   d.source = 'folder'  # 'folder' (COCO-format folder) or 'tfds' (TFDS coco/2017 in tfds_data_dir).
   d.root = ''  # COCO-format folder: root/annotations/instances_{split}.json and images in root/{split}/.
   d.train_split = 'train2017'
@@ -112,9 +135,12 @@ def get_config() -> ml_collections.ConfigDict:
   # size or smaller, such as COCO's; the same pixels within one level). 'auto': 'device' on GPUs/TPUs, 'host' when
   # JAX runs on the CPU (there the device path costs the same cores more).
   d.resize_on = 'auto'
+  return d
 
-  # --- Training ------------------------------------------------------------------------------------------------------
-  c.train = t = ml_collections.ConfigDict()
+
+def _train_defaults():
+  """`train`: batch, schedule length, logging, checkpoints and processes."""
+  t = ml_collections.ConfigDict()
   t.batch_size = 16  # Global batch, split over all devices.
   t.grad_accum_steps = 1  # k: each step runs batch_size / k images at a time, k times, for the same update.
   t.num_steps = 90_000
@@ -133,9 +159,12 @@ def get_config() -> ml_collections.ConfigDict:
   t.num_processes = 0  # With coordinator_address: the number of processes.
   t.process_id = -1  # With coordinator_address: this process's index.
   t.distributed_auto = False  # Call jax.distributed.initialize() with the cluster's environment (SLURM, ...).
+  return t
 
-  # --- Optimiser (SGD momentum, coupled L2) ---------------------------------------------------------------------------
-  c.optimizer = o = ml_collections.ConfigDict()
+
+def _optimizer_defaults():
+  """`optimizer`: SGD with momentum and coupled L2, warmup and step decay."""
+  o = ml_collections.ConfigDict()
   o.lr = 0.01  # For `base_batch_size` images; scaled linearly with train.batch_size.
   o.base_batch_size = 16
   o.momentum = 0.9
@@ -146,12 +175,15 @@ def get_config() -> ml_collections.ConfigDict:
   o.decay_factor = 0.1
   o.head_bias_lr_mult = 2.0  # Learning-rate multiplier of the head tower conv biases.
   o.grad_clip_norm = 0.0  # 0: no clipping.
+  return o
 
-  # --- Evaluation ----------------------------------------------------------------------------------------------------
-  c.eval = e = ml_collections.ConfigDict()
+
+def _eval_defaults():
+  """`eval`: evaluation batches and how many images."""
+  e = ml_collections.ConfigDict()
   e.batch_size = 8
   e.max_images = 0  # 0: the whole split.
-  return c
+  return e
 
 
 # The values each enumerated field accepts.
@@ -167,12 +199,12 @@ RESIZE_MODES = ('paddle', 'torchvision')
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
 
 
-def _leaves(config, prefix=''):
-  """{'section.field': value} of every leaf of a (nested) ConfigDict."""
+def leaves(config: ml_collections.ConfigDict | dict, prefix: str = '') -> dict:
+  """{'section.field': value} of every leaf of a (nested) ConfigDict, or of its dict (`to_dict`, config.json)."""
   out = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(_leaves(value, f'{prefix}{key}.'))
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(leaves(value, f'{prefix}{key}.'))
     else:
       out[f'{prefix}{key}'] = value
   return out
@@ -189,7 +221,7 @@ def _did_you_mean(name, candidates, quote=False):
 def unknown_field_problem(path: str) -> str | None:
   """The problem with the dotted field name `path` ('train.batch_size'), or None if the schema has that field or
   section. Names the closest field, so that a typo on the command line reads as one clear line."""
-  schema = _leaves(get_config())
+  schema = leaves(get_config())
   if path in schema or any(name.startswith(path + '.') for name in schema):
     return None
   return f'{path} is not a config field{_did_you_mean(path, list(schema))}'
@@ -225,7 +257,7 @@ def _type_problem(path, value, default):
 
 def _schema_problems(config):
   """Fields that the schema lacks (typos), fields missing from `config`, and values of the wrong type."""
-  schema, given = _leaves(get_config()), _leaves(config)
+  schema, given = leaves(get_config()), leaves(config)
   problems = [unknown_field_problem(path) for path in given if path not in schema]
   problems += [f'{path} is missing (config files start from fcos_jax.config.get_config())'
                for path in schema if path not in given]
@@ -256,7 +288,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   problems = _schema_problems(config)
   if problems:  # The checks below rely on every field being there, with its type.
     raise ConfigError(_invalid(problems))
-  check = _Checks(_leaves(config))
+  check = _Checks(leaves(config))
   _check_values(check, config)
   _check_model(check, config)
   _check_data(check, config, trains=uses == 'train', reads_data=uses != 'predict')
@@ -450,7 +482,7 @@ def _override_problem(arg, schema):
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Sets the `--config.FIELD=VALUE` overrides on `config` with ml_collections' parsers (types kept)."""
-  schema = _leaves(get_config())
+  schema = leaves(get_config())
   problems = [_override_problem(arg, schema) for arg in overrides if override_path(arg)]
   problems = [p for p in problems if p]
   if problems:

@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import atomic, checkpoints, inference, resize, runtime
+from fcos_jax import atomic, checkpoints, inference, progress, resize, runtime
 from fcos_jax import config as config_lib
 from fcos_jax.data import annotations
 
@@ -39,12 +39,20 @@ def detections_to_coco(detections: dict, batch: dict, label_to_category: Sequenc
     keep = keep & np.asarray(batch['mask'], bool)[:, None]
   image, slot = np.nonzero(keep)
   xyxy = inference.to_original_pixels(np.asarray(detections['boxes'])[image, slot], np.asarray(batch['scale'])[image])
-  xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=-1).round(decimals)
   categories = np.asarray(label_to_category)[np.asarray(detections['classes'])[image, slot]]
-  image_ids = np.asarray(batch['image_id'])[image]
-  scores = np.asarray(detections['scores'], np.float64)[image, slot]
+  return coco_results(np.asarray(batch['image_id'])[image], categories, xyxy,
+                      np.asarray(detections['scores'])[image, slot], decimals)
+
+
+def coco_results(image_ids: np.ndarray, category_ids: np.ndarray, xyxy: np.ndarray, scores: np.ndarray,
+                 decimals: int = 2) -> list[dict]:
+  """COCO result dicts of N detections: `image_ids` [N], `category_ids` [N], `xyxy` [N, 4] boxes in original
+  pixels (written as [x, y, w, h] rounded to `decimals`), `scores` [N] (written as float64)."""
+  xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+  xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=-1).round(decimals)
   return [{'image_id': i, 'category_id': c, 'bbox': b, 'score': s}
-          for i, c, b, s in zip(image_ids.tolist(), categories.tolist(), xywh.tolist(), scores.tolist())]
+          for i, c, b, s in zip(np.asarray(image_ids).tolist(), np.asarray(category_ids).tolist(), xywh.tolist(),
+                                np.asarray(scores, np.float64).tolist())]
 
 
 def _empty_results(coco_gt):
@@ -85,13 +93,6 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Calla
     return {**detections, **{k: batch[k] for k in ('image_id', 'scale', 'mask', 'unreadable')}}
 
   return eval_step
-
-
-def _progress(done, total, images, start):
-  rate = images / max(time.perf_counter() - start, 1e-9)
-  bar = '#' * int(30 * done / max(total, 1))
-  sys.stdout.write(f'\revaluating [{bar:<30s}] {done}/{total} batches, {images} images, {rate:.1f} img/s')
-  sys.stdout.flush()
 
 
 class Evaluator:
@@ -160,7 +161,9 @@ class Evaluator:
       image_ids.extend(np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist())
       num_unreadable += int(unreadable.sum())
       if jax.process_index() == 0:
-        _progress(done, info.num_batches, len(image_ids), start)
+        rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
+        progress.show(sys.stdout, 'evaluating', done, info.num_batches,
+                      f'{done}/{info.num_batches} batches, {len(image_ids)} images, {rate:.1f} img/s')
 
     pending, dispatched = None, 0
     for batch in self.batches:

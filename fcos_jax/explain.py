@@ -271,7 +271,7 @@ def resize(image, boxes, short_side, config):
   config.data.max_size) of an HxWx3 uint8 image and of boxes [N, 4], to look at the assignment at training
   resolution -> (image, boxes, scale (x, y))."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only for this resize)
-  from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top  (TensorFlow, as above)
   d = config.data
   image, boxes, scale = transforms.resize(tf.constant(image), tf.constant(boxes, tf.float32), short_side, d.max_size,
                                           d.resize_mode)

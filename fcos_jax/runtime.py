@@ -61,7 +61,7 @@ def keep_tensorflow_off_accelerators():
 
   Called by the entry points before any data is read; a library user who imports TensorFlow first calls it too.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only where tf.data is used)
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TensorFlow has already initialised its devices: too late, and nothing to undo.

@@ -205,11 +205,11 @@ def _prepare(config, workdir):
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count())
   workdir_lib.check_resume(config, workdir)  # Cheap checks first: a resume of another model stops at once.
+  main = runtime.is_main_process()
   synthetic.ensure(config)
   if config.data.check_first:  # Every annotation and image header, before any compilation; stops on problems.
     from fcos_jax.data import check  # pylint: disable=g-import-not-at-top  (Pillow: only for this check)
-    check.stop_on_problems(config, quiet=not runtime.is_main_process())
-  main = runtime.is_main_process()
+    check.stop_on_problems(config, quiet=not main)
   say = (lambda text: print(text, flush=True)) if main else (lambda text: None)  # noqa: E731
   mesh, model, source = runtime.create_mesh(), fcos.build_model(config.model), sources.make_source(config)
   class_names = source.class_names(config.data.train_split)  # Recorded in the checkpoints; evaluation maps by name.

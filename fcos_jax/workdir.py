@@ -21,20 +21,10 @@ RESUME_FIXED = ('model', 'assign', 'loss.quality', 'data.short_sizes', 'data.max
                 'data.max_boxes', 'train.batch_size')
 
 
-def _flat(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def resume_differences(saved, config):
   """'field: saved -> now' for each RESUME_FIXED field whose value in `saved` (config.json's dict) differs from
   `config`'s; fields that only one of them has (a schema of another version) are not compared."""
-  before, now = _flat(saved), _flat(config_lib.to_dict(config))
+  before, now = config_lib.leaves(saved), config_lib.leaves(config_lib.to_dict(config))
   fixed = lambda path: any(path == f or path.startswith(f + '.') for f in RESUME_FIXED)  # noqa: E731
   return [f'{path}: {before[path]} in the saved run, {now[path]} now'
           for path in sorted(now) if fixed(path) and path in before and before[path] != now[path]]

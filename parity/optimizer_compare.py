@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcos_jax import convert, optim
+from fcos_jax import checkpoints, convert, optim
 from fcos_jax.convert import paddle as paddle_convert
 
 # Recipe -> the Paddle model (paddle_optimizer.ARCHS) its YAML builds.
@@ -35,9 +35,9 @@ def jax_table(config):
   lr = float(optim.schedule(config)(0))
   zero, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
   unit, _ = tx.update(jax.tree_util.tree_map(jnp.ones_like, params), tx.init(params), params)
-  entries = {path: None for path in convert.flatten({'frozen': variables['frozen']})}
-  unit = convert.flatten({'params': unit})
-  for path, z in convert.flatten({'params': zero}).items():
+  entries = {path: None for path in checkpoints.flatten({'frozen': variables['frozen']})}
+  unit = checkpoints.flatten({'params': unit})
+  for path, z in checkpoints.flatten({'params': zero}).items():
     mult = (np.asarray(z) - np.asarray(unit[path])) / lr
     l2 = -np.asarray(z) / (lr * mult)
     if np.ptp(mult) > 1e-6 or np.ptp(l2) > 1e-9:

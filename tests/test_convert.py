@@ -140,7 +140,7 @@ def expected_value(source_key, array):
 
 
 def assert_landed(variables, entries, state):
-  flat = convert.flatten(variables)
+  flat = checkpoints.flatten(variables)
   mapped = {jx: k for k, _, jx in entries if jx is not None}
   assert set(flat) == set(mapped)
   for path, key in mapped.items():
@@ -189,7 +189,7 @@ def test_paddle_imagenet_backbone_drops_fc(tmp_path, prefix):
   assert checkpoints.read_metadata(str(tmp_path))['class_names'] is None  # A backbone has no classes.
   abstract = convert.abstract_variables(convert.model_config('resnet50'))
   init = jax.tree_util.tree_map(lambda s: np.full(s.shape, 7.0, s.dtype), abstract)
-  loaded = convert.flatten(checkpoints.load_variables(str(tmp_path), init, backbone_only=True))
+  loaded = checkpoints.flatten(checkpoints.load_variables(str(tmp_path), init, backbone_only=True))
   np.testing.assert_array_equal(loaded['params/neck/fpn_6/kernel'], 7.0)  # Outside the backbone: untouched.
   assert_landed({c: {'backbone': v['backbone']} for c, v in convert.unflatten(loaded).items()}, entries, state)
 

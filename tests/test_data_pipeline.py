@@ -18,7 +18,6 @@ from fcos_jax import config as config_lib
 from fcos_jax import runtime
 from fcos_jax.data import iterator
 from fcos_jax.data import pipeline
-from fcos_jax.data import sources
 from fcos_jax.data import synthetic
 
 CANVASES = ((384, 512), (512, 384))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fcos_jax.config import get_config
-from fcos_jax import convert, optim
+from fcos_jax import checkpoints, convert, optim
 from fcos_jax.convert import paddle as paddle_convert
 
 
@@ -98,8 +98,8 @@ def fcos_jax_entries(config):
   lr = float(optim.schedule(config)(0))
   zero_grad, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
   unit_grad, _ = tx.update(jax.tree_util.tree_map(jnp.ones_like, params), tx.init(params), params)
-  entries = {path: FROZEN for path in convert.flatten({'frozen': variables['frozen']})}
-  zero_grad, unit_grad = convert.flatten({'params': zero_grad}), convert.flatten({'params': unit_grad})
+  entries = {path: FROZEN for path in checkpoints.flatten({'frozen': variables['frozen']})}
+  zero_grad, unit_grad = checkpoints.flatten({'params': zero_grad}), checkpoints.flatten({'params': unit_grad})
   for path, z in zero_grad.items():
     mult = (np.asarray(z) - np.asarray(unit_grad[path])) / lr
     l2 = -np.asarray(z) / (lr * mult * 2.0)

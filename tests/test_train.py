@@ -92,6 +92,17 @@ def test_same_seed_same_parameters(data_root, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_training_generates_the_synthetic_dataset_it_is_asked_for(tmp_path, monkeypatch):
+  """data.generate_synthetic (the demo's recipe): a run into an empty data.root writes the dataset there first."""
+  generate = synthetic.generate
+  monkeypatch.setattr(synthetic, 'generate', lambda out, seed: generate(out, num_train=8, num_val=2, seed=seed))
+  config = tiny_config(str(tmp_path / 'data'), num_steps=1, final_eval=False)
+  config.data.generate_synthetic = True
+  train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert sorted(os.listdir(tmp_path / 'data' / 'annotations')) == ['instances_train.json', 'instances_val.json']
+  assert checkpoints.manager(str(tmp_path / 'run' / 'checkpoints')).latest_step() == 1
+
+
 def test_checkpoint_of_another_architecture_is_refused(data_root, tmp_path):
   config = tiny_config(data_root, num_steps=1, final_eval=False)
   train_lib.train_and_evaluate(config, str(tmp_path))

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from fcos_jax import atomic, checkpoints, draw, errors, predict
+from fcos_jax import atomic, checkpoints, draw, errors, eval_lib, predict, progress
 from fcos_jax.commands import harness
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -64,9 +64,8 @@ def _predict(args, config, out):
       images.append({'id': image_id, 'file_name': os.path.abspath(file), 'height': pred.image_size[0],
                      'width': pred.image_size[1]})
       categories = [predictor.category_ids[c] for c in pred.classes]
-      xywh = np.concatenate([pred.boxes[:, :2], pred.boxes[:, 2:] - pred.boxes[:, :2]], axis=1).round(2)
-      results += [{'image_id': image_id, 'category_id': c, 'bbox': b, 'score': s}
-                  for c, b, s in zip(categories, xywh.tolist(), pred.scores.astype(float).tolist())]
+      results += eval_lib.coco_results(np.full(len(categories), image_id), np.asarray(categories, np.int64),
+                                       pred.boxes, pred.scores)
       shown = pred.scores >= args.threshold
       picture = draw.draw(image, pred.boxes[shown], pred.scores[shown], pred.classes[shown],
                           [n for n, s in zip(pred.class_names, shown) if s])
@@ -80,9 +79,7 @@ def _predict(args, config, out):
                                                pred.classes, pred.class_names, categories, shown) if keep]}, 1)
     rate = len(images) / max(time.perf_counter() - start, 1e-9)
     done = min(first + chunk, len(files))
-    sys.stderr.write(f'\rpredicting [{"#" * (30 * done // len(files)):<30s}] {done}/{len(files)} images, '
-                     f'{rate:.1f} images/s')
-    sys.stderr.flush()
+    progress.show(sys.stderr, 'predicting', done, len(files), f'{done}/{len(files)} images, {rate:.1f} images/s')
   sys.stderr.write('\n')
   atomic.write_json(os.path.join(out, 'results.json'), results)
   atomic.write_json(os.path.join(out, 'images.json'), images, 1)

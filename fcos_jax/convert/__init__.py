@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcos_jax import checkpoints
 from fcos_jax import config as config_lib
 from fcos_jax.model import fcos
 
@@ -70,12 +71,6 @@ def abstract_variables(model_cfg):
   return _ABSTRACT[key]
 
 
-def flatten(tree):
-  """Nested dicts -> {'collection/module/.../leaf': leaf}."""
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def unflatten(flat):
   """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
   tree = {}
@@ -130,7 +125,7 @@ def fill(abstract, rules, source, ignored=(), what='source'):
 
 def scoped(abstract_vars, backbone_only):
   """{path: leaf} of the variables a converter must fill: all of them, or those under 'backbone'."""
-  flat = flatten(abstract_vars)
+  flat = checkpoints.flatten(abstract_vars)
   return {p: v for p, v in flat.items() if not backbone_only or p.split('/')[1] == 'backbone'}
 
 

@@ -181,7 +181,7 @@ def load_state_dict(path):
     state = _read_torch_zip(path)
   else:
     try:
-      import torch  # pylint: disable=g-import-not-at-top
+      import torch  # pylint: disable=g-import-not-at-top  (optional torch: legacy .pth files only)
     except ImportError as e:
       raise ValueError(f'{path} is in torch\'s legacy (pre-1.6) format, which needs torch to read; install torch '
                        'or re-save it with torch.save(state_dict, path)') from e

@@ -1,1 +1,2 @@
-"""Input pipeline: COCO/TFDS sources, TensorFlow transforms, tf.data assembly and a synthetic dataset."""
+"""The input, without JAX: COCO annotations, sources (a folder or TFDS), decoding, TensorFlow transforms, the
+stoppable iterator and the tf.data assembly, the dataset check and the synthetic shapes dataset."""

@@ -177,7 +177,7 @@ class TfdsSource:
   """TFDS `coco/2017` (or any dataset with its features) prepared in `data_dir`; never downloads."""
 
   def __init__(self, name, data_dir):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (only for this source: slow to import)
     self._tfds = tfds
     self.builder = tfds.builder(name, data_dir=data_dir or None)
     num_classes = self.builder.info.features['objects']['label'].num_classes

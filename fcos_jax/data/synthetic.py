@@ -115,7 +115,7 @@ def render(rng, index):
 
 
 def _encode_jpeg(image):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only to write the JPEGs)
   return tf.io.encode_jpeg(image, quality=92).numpy()
 
 
