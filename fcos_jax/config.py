@@ -1,9 +1,9 @@
 """The config schema: every field with its documented default (PaddleDetection's FCOS R50-FPN 1x recipe), the
 checks that every value must pass before any work starts, and the recipes shipped with the package.
 
-Recipes (`r50_1x`, `r50_dcn_1x`, `r50_ms_2x`, `shapes`) are files in `fcos_jax/recipes/` that start from
-`get_config()` and override fields; `load` (what every command calls) takes a recipe's name or any config file's
-path, with `--config.FIELD=VALUE` overrides.
+Recipes (`r50_1x`, `r50_dcn_1x`, `r50_ms_2x`, `r50_iou_1x`, `r50_iou_ms_2x`, `shapes`: `recipe_names()`) are files
+in `fcos_jax/recipes/` that start from `get_config()` and override fields; `load` (what every command calls) takes a
+recipe's name or any config file's path, with `--config.FIELD=VALUE` overrides.
 """
 
 import difflib

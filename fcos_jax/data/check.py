@@ -56,7 +56,6 @@ KINDS = (
     Kind('crowd_box', 'crowd boxes: ignored in training', False),
     Kind('no_boxes', 'images without usable boxes: skipped in training, kept in evaluation', False),
 )
-_KIND = {k.key: k for k in KINDS}
 
 
 class DatasetProblems(config_lib.ConfigError):
