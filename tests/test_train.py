@@ -92,7 +92,7 @@ def test_same_seed_same_parameters(data_root, tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_training_generates_the_synthetic_dataset_it_is_asked_for(tmp_path, monkeypatch):
+def test_training_generates_the_synthetic_dataset_it_is_asked_for(tmp_path, monkeypatch, capsys):
   """data.generate_synthetic (the demo's recipe): a run into an empty data.root writes the dataset there first."""
   generate = synthetic.generate
   monkeypatch.setattr(synthetic, 'generate', lambda out, seed: generate(out, num_train=8, num_val=2, seed=seed))
@@ -100,6 +100,7 @@ def test_training_generates_the_synthetic_dataset_it_is_asked_for(tmp_path, monk
   config.data.generate_synthetic = True
   train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
   assert sorted(os.listdir(tmp_path / 'data' / 'annotations')) == ['instances_train.json', 'instances_val.json']
+  assert f'Generating the synthetic shapes dataset in {tmp_path / "data"} ...' in capsys.readouterr().out
   assert checkpoints.manager(str(tmp_path / 'run' / 'checkpoints')).latest_step() == 1
 
 

@@ -9,7 +9,6 @@ ids are non-contiguous so that the id <-> label mapping is exercised. The output
 """
 
 import argparse
-import logging
 import os
 
 import numpy as np
@@ -163,7 +162,7 @@ def ensure(config) -> None:
     return
   layout = ((d.train_split, d.train_images, d.train_annotations), (d.val_split, d.val_images, d.val_annotations))
   if not all(os.path.exists(annotations.split_paths(d.root, *split)[1]) for split in layout):
-    logging.info('Generating the synthetic dataset in %s', d.root)
+    print(f'Generating the synthetic shapes dataset in {d.root} ...', flush=True)
     generate(d.root, seed=config.seed)
 
 
