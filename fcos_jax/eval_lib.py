@@ -1,5 +1,6 @@
 """Evaluation: the jitted eval step over a split, detections -> COCO result dicts in original-image pixels ->
-pycocotools box metrics, written to the workdir."""
+pycocotools box metrics, written to the workdir. An `Evaluator` holds what a run evaluates with; `run(variables)`
+evaluates once."""
 
 import os
 import sys
