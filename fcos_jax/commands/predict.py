@@ -5,8 +5,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from fcos_jax import atomic, checkpoints, draw, errors, eval_lib, predict, progress
 from fcos_jax.commands import harness
 
@@ -64,8 +62,7 @@ def _predict(args, config, out):
       images.append({'id': image_id, 'file_name': os.path.abspath(file), 'height': pred.image_size[0],
                      'width': pred.image_size[1]})
       categories = [predictor.category_ids[c] for c in pred.classes]
-      results += eval_lib.coco_results(np.full(len(categories), image_id), np.asarray(categories, np.int64),
-                                       pred.boxes, pred.scores)
+      results += eval_lib.coco_results([image_id] * len(categories), categories, pred.boxes, pred.scores)
       shown = pred.scores >= args.threshold
       picture = draw.draw(image, pred.boxes[shown], pred.scores[shown], pred.classes[shown],
                           [n for n, s in zip(pred.class_names, shown) if s])

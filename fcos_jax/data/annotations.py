@@ -24,6 +24,13 @@ def split_paths(root, split, images='', annotations=''):
   return os.path.join(root, images or split), os.path.join(root, annotations)
 
 
+def split_layout(data_config) -> dict:
+  """{split: (images, annotations)} of the train and val splits of a config's `data` section, as `split_paths`
+  takes them ('' for the COCO layout)."""
+  d = data_config
+  return {d.train_split: (d.train_images, d.train_annotations), d.val_split: (d.val_images, d.val_annotations)}
+
+
 def clean_boxes(xywh, crowd, height, width):
   """SPEC filters on COCO [x, y, w, h] boxes [N, 4] -> (xyxy [M, 4] float32 clipped to the image, kept [N] bool)."""
   xywh = np.asarray(xywh, np.float32).reshape(-1, 4)

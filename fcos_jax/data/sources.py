@@ -28,8 +28,7 @@ def make_source(config):
   d = config.data
   if d.source == 'tfds':
     return TfdsSource(d.tfds_name, d.tfds_data_dir)
-  layout = {d.train_split: (d.train_images, d.train_annotations), d.val_split: (d.val_images, d.val_annotations)}
-  return FolderSource(d.root, skip_bad_images=d.skip_bad_images, layout=layout)
+  return FolderSource(d.root, skip_bad_images=d.skip_bad_images, layout=annotations.split_layout(d))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -160,8 +160,8 @@ def ensure(config) -> None:
   d = config.data
   if not d.generate_synthetic or d.source != 'folder':
     return
-  layout = ((d.train_split, d.train_images, d.train_annotations), (d.val_split, d.val_images, d.val_annotations))
-  if not all(os.path.exists(annotations.split_paths(d.root, *split)[1]) for split in layout):
+  layout = annotations.split_layout(d).items()
+  if not all(os.path.exists(annotations.split_paths(d.root, split, *paths)[1]) for split, paths in layout):
     print(f'Generating the synthetic shapes dataset in {d.root} ...', flush=True)
     generate(d.root, seed=config.seed)
 
