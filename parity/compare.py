@@ -9,6 +9,7 @@ and detections also count disagreements. Exits 1 if anything exceeds its limit.
 Usage: python parity/compare.py WORK
 """
 
+import argparse
 import functools
 import os
 import sys
@@ -267,4 +268,6 @@ def main(work):
 
 
 if __name__ == '__main__':
-  main(sys.argv[1])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('work', help='the folder parity/run.sh wrote its arrays and checkpoints into (WORK)')
+  main(parser.parse_args().work)
