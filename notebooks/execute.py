@@ -20,7 +20,8 @@ from PIL import Image
 
 
 # Lines TensorFlow's C++ logging prints when it is imported (absl's preamble, then e.g. 'I0000 00:00:17... port.cc').
-STARTUP_NOTE = re.compile(r'WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} [\d:.]+ +\d+ \w+\.cc:\d+\]')
+STARTUP_NOTE = re.compile(r'WARNING: All log messages before absl::InitializeLog\(\)'
+                          r'|[IW]\d{4} [\d:.]+ +\d+ \w+\.cc:\d+\]')
 
 
 def is_startup_note(output) -> bool:

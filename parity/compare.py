@@ -1,8 +1,8 @@
 """The fcos_jax side of the parity run: converted checkpoints vs the references' outputs; prints a table.
 
 Reads WORK/inputs.npz, the references' WORK/{paddle,torch}_*.npz, and the checkpoints that run.sh converted with
-`fcos-convert` (`python -m fcos_jax.commands.convert`) into WORK/ckpt_{paddle,torch}_* (Paddle: fcos_r50, fcos_dcn_r50, resnet50; torch:
-fcos_r50, resnet50).
+`fcos-convert` (`python -m fcos_jax.commands.convert`) into WORK/ckpt_{paddle,torch}_* (Paddle: fcos_r50,
+fcos_dcn_r50, resnet50; torch: fcos_r50, resnet50).
 Every number in the table is max|fcos_jax - reference| / max|reference| over the whole tensor; target assignment
 and detections also count disagreements. Exits 1 if anything exceeds its limit.
 
