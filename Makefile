@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	.venv-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	touch $@
 
-.PHONY: demo test test-slow bench gpu-wheels
+.PHONY: demo test test-slow bench gpu-wheels notebook
 demo: $(VENV)/.installed  ## Generate the shapes dataset, train on CPU, evaluate, print COCO AP.
 	$(VENV)/bin/python train.py --config=configs/shapes.py --workdir=$(WORKDIR)
 
@@ -28,6 +28,9 @@ test-slow: $(VENV)/.installed  ## Longer end-to-end tests, not in CI.
 
 bench: $(VENV)/.installed .venv-torch/.installed  ## The benchmark suite, CPU sizes (python -m benchmarks --gpu on a GPU).
 	$(VENV)/bin/python -m benchmarks
+
+notebook: $(VENV)/.installed  ## Run notebooks/inspect_assignment.ipynb in place, storing its outputs and figures.
+	$(VENV)/bin/python notebooks/execute.py notebooks/inspect_assignment.ipynb
 
 # The wheels the lent GPU machine's image lacks (Python 3.12, jax 0.11.2 + CUDA, torch; no ml-collections or
 # pycocotools, and no registry to install from): downloaded here into .whl/, carried with benchmarks/device_run.sh.

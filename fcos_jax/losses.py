@@ -1,7 +1,7 @@
 """FCOS losses: sigmoid focal (classes), GIoU (boxes) and BCE (centerness), with their normalisers.
 
 Sums run over the whole global batch, so under data parallelism every device normalises by the same global
-number of positives (SPEC.md: the fix the original FCOS and mmdetection adopted over Paddle's per-GPU counts).
+number of positives (the fix the original FCOS and mmdetection adopted over Paddle's per-GPU counts; docs/algorithm.md).
 """
 
 import jax

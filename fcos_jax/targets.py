@@ -1,7 +1,7 @@
 """FCOS target assignment: which ground-truth box each point learns from, on the device, with static shapes.
 
 `assign` handles one image with its ground truth padded to G slots (`valid` masks the real ones) and is meant to
-be vmapped over the batch (`assign_batch`). Semantics follow PaddleDetection's Gt2FCOSTarget (SPEC.md):
+be vmapped over the batch (`assign_batch`). Semantics follow PaddleDetection's Gt2FCOSTarget (docs/algorithm.md):
 a point is a candidate for a box if it lies inside the box clipped to `center_radius` strides around the box
 centre and max(l, t, r, b) falls in the point's level range; among candidates the smallest area wins (the lowest
 slot index on ties). Nothing here is a Python loop over points or boxes.

@@ -1,14 +1,15 @@
 """The fcos_jax side of the parity run: converted checkpoints vs the references' outputs; prints a table.
 
 Reads WORK/inputs.npz, the references' WORK/{paddle,torch}_*.npz, and the checkpoints that run.sh converted with
-`fcos-convert` (`python -m fcos_jax.commands.convert`) into WORK/ckpt_{paddle,torch}_* (Paddle: fcos_r50, fcos_dcn_r50, resnet50; torch:
-fcos_r50, resnet50).
+`fcos-convert` (`python -m fcos_jax.commands.convert`) into WORK/ckpt_{paddle,torch}_* (Paddle: fcos_r50,
+fcos_dcn_r50, resnet50; torch: fcos_r50, resnet50).
 Every number in the table is max|fcos_jax - reference| / max|reference| over the whole tensor; target assignment
 and detections also count disagreements. Exits 1 if anything exceeds its limit.
 
 Usage: python parity/compare.py WORK
 """
 
+import argparse
 import functools
 import os
 import sys
@@ -267,4 +268,6 @@ def main(work):
 
 
 if __name__ == '__main__':
-  main(sys.argv[1])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('work', help='the folder parity/run.sh wrote its arrays and checkpoints into (WORK)')
+  main(parser.parse_args().work)

@@ -1,4 +1,4 @@
-"""COCO sources: SPEC filters and label mapping, ground truth, json validation and damaged images, TFDS (mocked)."""
+"""COCO sources: box filters and label mapping, ground truth, json validation and damaged images, TFDS (mocked)."""
 
 import io
 import json
@@ -33,7 +33,7 @@ def write_json(root, dataset, split='train'):
     json.dump(dataset, f)
 
 
-def test_index_applies_the_spec_filters_and_label_mapping(folder, caplog):
+def test_index_applies_the_box_filters_and_label_mapping(folder, caplog):
   root, dataset = folder
   img = dataset['images'][0]
   h, w = img['height'], img['width']

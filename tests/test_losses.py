@@ -1,4 +1,4 @@
-"""FCOS losses against NumPy formulas written from SPEC.md; finiteness with and without positives."""
+"""FCOS losses against NumPy formulas written from docs/algorithm.md; finiteness with and without positives."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
-"""Decoding, greedy NMS and both candidate rules against loop-by-loop NumPy re-derivations of SPEC.md."""
+"""Decoding, greedy NMS and both candidate rules against loop-by-loop NumPy re-derivations of the rules
+in docs/algorithm.md."""
 
 import functools
 
@@ -60,7 +61,7 @@ def np_scores_boxes(outputs, i):
 
 
 def np_paddle(scores, decoded, cfg):
-  """SPEC 'Paddle NMS': per class score > thr, top k, greedy NMS in the class; then the top K over all classes."""
+  """Paddle's NMS: per class score > thr, top k, greedy NMS in the class; then the top K over all classes."""
   found = []
   for c in range(scores.shape[1]):
     idx = np.nonzero(scores[:, c] > cfg.score_threshold)[0]

@@ -1,4 +1,5 @@
-"""Target assignment against a loop-by-loop NumPy re-derivation of SPEC.md, edge cases and properties."""
+"""Target assignment against a loop-by-loop NumPy re-derivation of the rule (docs/algorithm.md), edge cases and
+properties."""
 
 import math
 
@@ -17,7 +18,7 @@ BOUNDS = (64.0, 128.0, 256.0, 512.0)
 
 
 def reference_assign(points, boxes, labels, valid, radius=1.5, inclusive=False):
-  """SPEC.md 'Target assignment', one point and one box at a time, in float32 scalars like Paddle."""
+  """The target assignment, one point and one box at a time, in float32 scalars like Paddle."""
   f = np.float32
   n = len(points.xy)
   out_labels = np.full(n, -1, np.int64)

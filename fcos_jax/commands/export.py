@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
   """The command; returns its exit status."""
   parser = harness.make_parser('fcos-export', 'Export a checkpoint for serving: the detector on one fixed canvas, '
                                'any batch size, weights baked in; contract.json beside it records the inputs, '
-                               'outputs and pre/post-processing. See fcos_jax/export.py.')
+                               'outputs and pre/post-processing. See docs/export.md.')
   parser.add_argument('--checkpoint', required=True, help='checkpoint directory (training run or converted)')
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--format', required=True, choices=sorted(export.FORMATS))

@@ -32,7 +32,8 @@ def split_layout(data_config) -> dict:
 
 
 def clean_boxes(xywh, crowd, height, width):
-  """SPEC filters on COCO [x, y, w, h] boxes [N, 4] -> (xyxy [M, 4] float32 clipped to the image, kept [N] bool)."""
+  """COCO [x, y, w, h] boxes [N, 4] without crowd, empty and clipped-away boxes -> (xyxy [M, 4] float32 clipped to
+  the image, kept [N] bool)."""
   xywh = np.asarray(xywh, np.float32).reshape(-1, 4)
   xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
   xyxy = np.clip(xyxy, 0, np.array([width, height, width, height], np.float32))

@@ -37,7 +37,7 @@ class Index:
   files: np.ndarray  # [N] str: image paths (folder) or file names (TFDS).
   image_ids: np.ndarray  # [N] int64.
   sizes: np.ndarray  # [N, 2] int32 (h, w).
-  boxes: tuple  # N arrays [n_i, 4] float32, xyxy pixels after the SPEC filters.
+  boxes: tuple  # N arrays [n_i, 4] float32, xyxy pixels after `annotations.clean_boxes`.
   labels: tuple  # N arrays [n_i] int32.
 
   def __len__(self):

@@ -1,7 +1,7 @@
 """PaddleDetection's fcos_r50_fpn_1x_coco (39.6 box AP): R50-FPN, batch 16, 90k steps, drops at 60k and 80k.
 
 Set data.root to a COCO folder (or data.source='tfds' with data.tfds_data_dir) and train.init_checkpoint to a
-converted ImageNet ResNet-50 (python -m fcos_jax.convert paddle ResNet50_cos_pretrained.pdparams DIR --arch resnet50).
+converted ImageNet ResNet-50 (fcos-convert paddle ResNet50_cos_pretrained.pdparams DIR --arch resnet50).
 """
 
 from fcos_jax import config as config_lib
