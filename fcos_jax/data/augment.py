@@ -146,14 +146,15 @@ class RandomCrop:
     self.scaling, self.attempts, self.cover_all_box = scaling, num_attempts, cover_all_box
 
   def draws(self, seed):
-    """{'order' [T] (permutation of the thresholds, 'no crop' last before it), 'u' [T, attempts, 4]: (scale,
-    aspect, y, x) or, without aspect_ratio, (h scale, w scale, y, x)}."""
+    """{'order' [T] (the thresholds' permutation; 'no crop' is the last threshold), 'u' [T, attempts, 5]: (scale,
+    aspect, -, y, x), or without aspect_ratio (scale, h scale, w scale, y, x): PaddleDetection draws the scale
+    there too, unused}."""
     order = tf.argsort(uniforms(tf.random.experimental.stateless_fold_in(seed, 1), [len(self.thresholds)]),
                        stable=True)
-    return {'order': tf.cast(order, tf.int32), 'u': uniforms(seed, [len(self.thresholds), self.attempts, 4])}
+    return {'order': tf.cast(order, tf.int32), 'u': uniforms(seed, [len(self.thresholds), self.attempts, 5])}
 
   def candidates(self, u, size):
-    """Crops [T, A, 4] int32 xyxy of draws `u` [T, A, 4] in an image of `size` [2], and whether each passed the
+    """Crops [T, A, 4] int32 xyxy of draws `u` [T, A, 5] in an image of `size` [2], and whether each passed the
     aspect check (only without aspect_ratio) [T, A]."""
     low, high = self.scaling
     if self.aspect_ratio is not None:
@@ -164,13 +165,13 @@ class RandomCrop:
       h_scale, w_scale = scale / tf.sqrt(aspect), scale * tf.sqrt(aspect)
       shaped = tf.ones_like(scale, bool)
     else:
-      h_scale, w_scale = low + (high - low) * u[..., 0], low + (high - low) * u[..., 1]
+      h_scale, w_scale = low + (high - low) * u[..., 1], low + (high - low) * u[..., 2]
     hw = tf.cast(size, tf.float64)
     crop_h, crop_w = hw[0] * h_scale, hw[1] * w_scale
     if self.aspect_ratio is None:
       shaped = (crop_h / crop_w >= 0.5) & (crop_h / crop_w <= 2.0)
     crop_h, crop_w = tf.floor(crop_h), tf.floor(crop_w)
-    y, x = tf.floor(u[..., 2] * (hw[0] - crop_h)), tf.floor(u[..., 3] * (hw[1] - crop_w))
+    y, x = tf.floor(u[..., 3] * (hw[0] - crop_h)), tf.floor(u[..., 4] * (hw[1] - crop_w))
     return tf.cast(tf.stack([x, y, x + crop_w, y + crop_h], -1), tf.int32), shaped
 
   def plan(self, seed, size, boxes, labels):
@@ -206,8 +207,13 @@ class VerticalFlip:
   def __init__(self, prob):
     self.prob = prob
 
+  @staticmethod
+  def draws(seed):
+    """u []: flip when < prob."""
+    return uniforms(seed, [])
+
   def plan(self, seed, size, boxes, labels):
-    flip = uniforms(seed, []) < self.prob
+    flip = self.draws(seed) < self.prob
     h = tf.cast(size[0], tf.float32)
     flipped = tf.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], -1)
     return {'flip': flip}, size, tf.where(flip, flipped, boxes), labels
@@ -220,8 +226,13 @@ class Rotate90:
   """Rotated counter-clockwise k times by 90 degrees (np.rot90's direction), k = floor(4 u): in an image w wide,
   (x, y) -> (y, w - x)."""
 
+  @staticmethod
+  def draws(seed):
+    """u []: floor(4 u) turns."""
+    return uniforms(seed, [])
+
   def plan(self, seed, size, boxes, labels):
-    k = tf.cast(tf.floor(4 * uniforms(seed, [])), tf.int32)
+    k = tf.cast(tf.floor(4 * self.draws(seed)), tf.int32)
     for turn in range(3):
       w = tf.cast(size[1], tf.float32)
       turned = tf.stack([boxes[:, 1], w - boxes[:, 2], boxes[:, 3], w - boxes[:, 0]], -1)

@@ -91,9 +91,11 @@ def _bucket_weights(source, config, split, process_count):
   """Fraction of the training images (with boxes) in each canvas bucket, the same on every process."""
   canvases = config.data.canvases
   ops = augment.make_ops(config.data.augment)
-  if ops:  # The buckets of the augmented sizes, estimated on a stream of drawn records.
+  if ops:  # The buckets of the augmented sizes, estimated on a stream of drawn records (8 draws per image or fewer).
     records = source.records(split, seed=_seed(config.seed, _AUGMENT_MIX), with_boxes_only=True)
-    records = _planned(records, ops, _seed(config.seed, _AUGMENT_MIX, 1, words=2)).take(_ESTIMATE_IMAGES)
+    draws = (min(_ESTIMATE_IMAGES, 8 * len(source.index(split))) if isinstance(source, sources.FolderSource)
+             else _ESTIMATE_IMAGES)
+    records = _planned(records, ops, _seed(config.seed, _AUGMENT_MIX, 1, words=2)).take(draws)
     sizes = np.array(list(records.map(lambda r: r['augment']['size']).as_numpy_iterator())).reshape(-1, 2)
   elif isinstance(source, sources.FolderSource):
     index = source.index(split)
