@@ -2,6 +2,10 @@
 image and draws (boxes exactly, pixels within one level where the colour changes, else exactly); boxes that leave
 the image; the training pipeline with augmentation (wiring, determinism, exact resume)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -221,15 +225,16 @@ def test_augmented_training_is_deterministic_and_resumes_exactly(root, tmp_path)
 
 
 def test_draws_differ_per_epoch_and_repeat_per_seed(root):  # noqa: F811
-  """The planned stream of 16 images over 3 epochs: every (epoch, image) draws its own parameters, and the same
-  seed draws them again."""
+  """The planned stream of the images with boxes over 3 epochs: every (epoch, image) draws its own parameters, and
+  the same seed draws them again."""
   source = pipeline.sources.make_source(make_config(root))
   ops = augment.make_ops(AUGMENT)
+  n = len(source.process_rows('train', with_boxes_only=True))
 
   def windows(seed):
     records = pipeline._planned(source.records('train', seed=3, with_boxes_only=True), ops, np.int64([seed, 0]))
     return [(int(r['image_id']), tuple(r['augment']['ops'][2]['window']))
-            for r in records.take(48).as_numpy_iterator()]
+            for r in records.take(3 * n).as_numpy_iterator()]
 
   first = windows(5)
   assert first == windows(5) and first != windows(6)
@@ -238,3 +243,21 @@ def test_draws_differ_per_epoch_and_repeat_per_seed(root):  # noqa: F811
     per_image.setdefault(image_id, []).append(window)
   assert all(len(w) == 3 for w in per_image.values())
   assert sum(len(set(w)) > 1 for w in per_image.values()) >= len(per_image) // 2
+
+
+@pytest.mark.slow
+def test_fcos_train_with_augmentation_as_a_user_runs_it(tmp_path):
+  """The installed fcos-train from a directory outside the repository, no PYTHONPATH: the shapes recipe with every
+  op (its data generated), 3 steps, a checkpoint."""
+  env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'FCOS_JAX_DEBUG')}
+  env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  args = ['--config=shapes', '--workdir=w', '--config.data.augment=' + AUGMENT.replace('1.5', '2'),
+          '--config.data.short_sizes=(128,)', '--config.data.eval_short_size=128', '--config.data.max_size=192',
+          '--config.data.canvases=((256, 256),)', '--config.train.num_steps=3', '--config.train.log_every=1',
+          '--config.train.checkpoint_every=3', '--config.model.stem_width=8', '--config.model.fpn_channels=16',
+          '--config.model.gn_groups=4', '--config.optimizer.warmup_steps=2', '--config.optimizer.decay_steps=(100,)']
+  result = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'fcos-train'), *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'step 3/3 | loss' in result.stdout
+  assert os.path.isdir(tmp_path / 'w' / 'checkpoints' / '3')
