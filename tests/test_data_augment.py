@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,7 +16,7 @@ from fcos_jax import config as config_lib
 from fcos_jax.data import augment, augment_spec, decoding, pipeline, transforms
 
 import augment_reference as ref
-from test_data_pipeline import make_config, root, take  # noqa: F401  (root is a fixture)
+from test_data_pipeline import copy_with_broken_train_images, make_config, root, take  # noqa: F401  (a fixture)
 
 SEEDS = range(24)
 
@@ -243,6 +245,16 @@ def test_draws_differ_per_epoch_and_repeat_per_seed(root):  # noqa: F811
     per_image.setdefault(image_id, []).append(window)
   assert all(len(w) == 3 for w in per_image.values())
   assert sum(len(set(w)) > 1 for w in per_image.values()) >= len(per_image) // 2
+
+
+def test_unreadable_images_are_skipped_before_the_draws(root, tmp_path, caplog):  # noqa: F811
+  copy, broken, broken_ids, with_boxes = copy_with_broken_train_images(root, tmp_path)
+  batches = pipeline.make_train_dataset(make_config(copy, skip_bad_images=True, augment='Rotate90,RandomCrop'))
+  with caplog.at_level(logging.WARNING):
+    got = take(batches, 12)  # 48 images: about 3 epochs.
+  assert {int(i) for b in got for i in b['image_id']} == with_boxes - broken_ids
+  for file in broken:
+    assert caplog.text.count(f'Skipping unreadable image {file}') == 1
 
 
 @pytest.mark.slow

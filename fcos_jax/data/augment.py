@@ -178,8 +178,9 @@ class RandomCrop:
     draw = self.draws(seed)
     crops, shaped = self.candidates(draw['u'], size)
     threshold = tf.gather(tf.constant(self.thresholds, tf.float64), draw['order'])[:, None]  # [T, 1]
-    iou = tf.cast(iou_matrix(boxes, tf.cast(crops, tf.float32)), tf.float64)  # NumPy compares in float64; no box:
-    ok = shaped & (tf.reduce_max(iou, -1) >= threshold)  # the max is -inf, no crop.
+    # Compared in float64 as NumPy compares a float32 IoU with a Python float; without boxes the max is -inf.
+    iou = tf.cast(iou_matrix(boxes, tf.cast(crops, tf.float32)), tf.float64)
+    ok = shaped & (tf.reduce_max(iou, -1) >= threshold)
     if self.cover_all_box:
       ok &= tf.reduce_min(iou, -1) >= threshold
     _, keep = crop_boxes(boxes, tf.cast(crops, tf.float32))
