@@ -20,6 +20,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from fcos_jax.data import augment_spec
 from fcos_jax.errors import ConfigError
 
 
@@ -127,6 +128,9 @@ def _data_defaults():
   d.pad_group = 2
   d.max_boxes = 100  # Ground-truth slots per image (extra boxes: the largest are kept, with a warning).
   d.flip = True  # Random horizontal flip in training.
+  # Training augmentation before the flip and resize, PaddleDetection's sample_transforms in order, e.g.
+  # 'RandomDistort,RandomExpand(ratio=2),RandomCrop,VerticalFlip,Rotate90' (fcos_jax.data.augment_spec); '': none.
+  d.augment = ''
   d.skip_bad_images = False  # Count and skip unreadable images instead of failing.
   d.check_first = False  # Before training: check annotations and image headers (fcos_jax.data.check); stop on problems.
   d.threads = 0  # tf.data private thread pool size; 0: TensorFlow's default (one thread per core).
@@ -397,6 +401,12 @@ def _check_data(check, config, trains, reads_data):
   for canvas in d.canvases:
     need(len(canvas) == 2 and all(_is_int(v) and v > 0 and v % STRIDES[-1] == 0 for v in canvas),
          f'data.canvases entry {tuple(canvas)} must be (H, W) multiples of {STRIDES[-1]}')
+  try:
+    augment_spec.parse(d.augment)
+  except ConfigError as e:
+    check.problems.append(str(e))
+  need(not d.augment or d.resize_on != 'device',
+       "data.augment changes the image sizes, so images are resized on the host: set data.resize_on='host' or 'auto'")
   need(not d.check_first or d.source == 'folder', f"data.check_first needs data.source='folder' (it is {d.source!r})")
   need(d.train_split != d.val_split or (d.train_images, d.train_annotations) == (d.val_images, d.val_annotations),
        f'data.train_split and data.val_split are both {d.train_split!r} but their images/annotations paths differ')

@@ -57,6 +57,9 @@ echo "== reader (decode and resize from the image files)"
 "${JAX_PY[@]}" parity/reader_compare.py make "$WORK"
 .venv-paddle/bin/python parity/paddle_reader.py "$WORK" | grep -v '^Warning: Unable to use'
 "${JAX_PY[@]}" parity/reader_compare.py compare "$WORK" || status=$?
+echo "== augmentation (data.augment's ops vs PaddleDetection's, on the same images and draws)"
+"${JAX_PY[@]}" parity/augment_compare.py "$WORK"
+.venv-paddle/bin/python parity/paddle_augment.py "$WORK" | grep -v '^Warning: Unable to use' || status=$?
 echo "== end to end (PaddleDetection's reader and model vs fcos-predict, on the image files)"
 .venv-paddle/bin/python parity/paddle_detect.py "$WORK" | grep -v '^Warning: Unable to use'
 .venv/bin/python parity/detect_compare.py "$WORK" || status=$?  # Runs the installed fcos-predict, no PYTHONPATH.

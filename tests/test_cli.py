@@ -85,6 +85,7 @@ def train_cli(tmp_path, *args, **env):
      "Invalid config: postprocess.method='fastt' must be one of 'fast', 'paddle' (did you mean 'fast'?)"),
     (['--config.data.max_boxes=0'], 'Invalid config: data.max_boxes=0 must be positive'),
     (['--config.data.flip=maybe'], '--config.data.flip=maybe: data.flip must be true or false'),
+    (['--config.data.augment=RandomCrop,Rotate(k=1)'], "data.augment='RandomCrop,Rotate(k=1)': unknown op 'Rotate'"),
 ])
 def test_user_errors_print_one_line_and_exit_2(tmp_path, args, message):
   result = train_cli(tmp_path, *args)

@@ -122,3 +122,20 @@ def test_the_host_runs_one_step_ahead_so_a_signal_stops_within_two_steps(data_ro
   assert unfinished[0] <= 1, f'{unfinished[0]} steps were still queued when the signal came'
   assert 'SIGTERM: saved a checkpoint at step 9' in capsys.readouterr().out
   assert checkpoints.manager(str(tmp_path / 'checkpoints')).latest_step() == 9
+
+
+@pytest.mark.slow
+def test_an_augmented_run_resumed_ends_where_one_run_ends(data_root, tmp_path):  # noqa: F811
+  """data.augment draws from (seed, epoch, image): a run stopped after 2 steps and resumed to 4 ends with the
+  parameters and the data position of an uninterrupted 4-step run."""
+  def config(steps):
+    c = tiny_config(data_root, num_steps=steps, final_eval=False)
+    c.data.augment = 'RandomDistort,RandomExpand(ratio=2),RandomCrop,VerticalFlip,Rotate90'
+    return c
+
+  straight, legs = str(tmp_path / 'straight'), str(tmp_path / 'legs')
+  train_lib.train_and_evaluate(config(4), straight)
+  train_lib.train_and_evaluate(config(2), legs)
+  train_lib.train_and_evaluate(config(4), legs)
+  assert_same_params(final_params(straight, config(4)), final_params(legs, config(4)))
+  assert next_batch_ids(legs, config(4)) == next_batch_ids(straight, config(4))

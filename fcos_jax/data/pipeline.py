@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
-from fcos_jax.data import annotations, decoding, iterator, sources, transforms
+from fcos_jax.data import annotations, augment, decoding, iterator, sources, transforms
 
 _ESTIMATE_IMAGES = 1000  # Images whose orientation estimates the bucket mix of a TFDS training split.
 
@@ -43,7 +43,7 @@ def _local_batch(batch_size, process_count, what):
   return batch_size // process_count
 
 
-_FILES, _AUGMENT, _SCHEDULE = 0, 2, 3  # What a derived seed is for.
+_FILES, _AUGMENT, _SCHEDULE, _AUGMENT_OPS, _AUGMENT_MIX = 0, 2, 3, 4, 5  # What a derived seed is for.
 
 
 def _seed(config_seed, purpose, *parts, words=1):
@@ -90,7 +90,14 @@ def _label_to_category(source, split, config, class_names):
 def _bucket_weights(source, config, split, process_count):
   """Fraction of the training images (with boxes) in each canvas bucket, the same on every process."""
   canvases = config.data.canvases
-  if isinstance(source, sources.FolderSource):
+  ops = augment.make_ops(config.data.augment)
+  if ops:  # The buckets of the augmented sizes, estimated on a stream of drawn records (8 draws per image or fewer).
+    records = source.records(split, seed=_seed(config.seed, _AUGMENT_MIX), with_boxes_only=True)
+    draws = (min(_ESTIMATE_IMAGES, 8 * len(source.index(split))) if isinstance(source, sources.FolderSource)
+             else _ESTIMATE_IMAGES)
+    records = _planned(records, ops, _seed(config.seed, _AUGMENT_MIX, 1, words=2)).take(draws)
+    sizes = np.array(list(records.map(lambda r: r['augment']['size']).as_numpy_iterator())).reshape(-1, 2)
+  elif isinstance(source, sources.FolderSource):
     index = source.index(split)
     sizes = index.sizes[[len(b) > 0 for b in index.labels]]
   else:
@@ -107,8 +114,11 @@ def _bucket_weights(source, config, split, process_count):
 
 
 def _on_device(config):
-  """Whether the train and eval steps resize this input (data.resize_on), so that the host only decodes."""
+  """Whether the train and eval steps resize this input (data.resize_on), so that the host only decodes (never with
+  data.augment, which changes the image sizes)."""
   side = config.data.resize_on
+  if config.data.augment:
+    return False
   if side == 'auto':
     from fcos_jax import resize  # pylint: disable=g-import-not-at-top  (only 'auto' needs JAX: its backend decides)
     side = resize.side(side)
@@ -132,10 +142,13 @@ def _padded_batch(dataset, batch_size, image_shape):
   return dataset.padded_batch(batch_size, shapes, drop_remainder=True)
 
 
-def _element(source, record, config, canvas, short, flip, skip_bad=False):
-  """Decoded, transformed element for `canvas`, and its `decoding.unreadable` message ('' if readable)."""
+def _element(source, record, config, canvas, short, flip, skip_bad=False, ops=()):
+  """Decoded, transformed element for `canvas`, and its `decoding.unreadable` message ('' if readable); a record
+  planned with the augmentation `ops` (`_planned`) is augmented before the flip and resize."""
   d = config.data
   example, problem = decoding.decode(record, source.read(record), skip_bad)
+  if ops:
+    example = augment.apply(ops, example, record['augment'])
   on_host = not _on_device(config)
   element = transforms.prepare(example, short, d.max_size, flip, canvas, d.max_boxes, d.resize_mode,
                                resize_image=on_host)
@@ -151,6 +164,18 @@ def _images_per_bucket(source, split, canvases, process_index, process_count):
     rows = source.process_rows(split, process_index, process_count, with_boxes_only=True)
     return np.bincount(transforms.canvas_index(source.index(split).sizes[rows], canvases), minlength=len(canvases))
   return np.full(len(canvases), -(-source.num_images(split) // process_count))
+
+
+def _planned(records, ops, seed):
+  """`records` (an endless stream) planned by the augmentation `ops` (`augment.plan`): the j-th record of the
+  stream, i.e. a given (epoch, image) of it, draws from fold_in(`seed` [2], j)."""
+  seed = tf.constant(seed)
+
+  @tf.autograph.experimental.do_not_convert
+  def draw(j, record):
+    return augment.plan(ops, tf.random.experimental.stateless_fold_in(seed, j), record)
+
+  return records.enumerate().map(draw, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _readable_only(source, records, num_images, what):
@@ -211,10 +236,22 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None, sour
   stats = iterator.InputStats()
   stats.skip((f'{file} (image_id {image_id}): missing' for file, image_id in source.missing(d.train_split)), warn=False)
   weights = _bucket_weights(source, config, d.train_split, process_count)
+  ops = augment.make_ops(d.augment)
   if d.skip_bad_images:
     per_bucket = _images_per_bucket(source, d.train_split, d.canvases, process_index, process_count)
   records = source.records(d.train_split, process_index, process_count, seed=_seed(config.seed, _FILES, process_index),
                            with_boxes_only=True)
+  if ops:  # Planned before the buckets are chosen, since the ops change the sizes; unreadable images dropped first.
+    if d.skip_bad_images:
+      images = (per_bucket.sum() if isinstance(source, sources.FolderSource) else per_bucket.max())
+      what = f'split {d.train_split}' + (f' on process {process_index}' if process_count > 1 else '')
+      records = _readable_only(source, records, images, what)
+    records = _planned(records, ops, _seed(config.seed, _AUGMENT_OPS, process_index, words=2))
+
+  @tf.autograph.experimental.do_not_convert
+  def size_of(record):  # Of the image that is resized.
+    return record['augment']['size'] if ops else record['orig_size']
+
   image_shapes = (source_canvases(source, d.train_split, d.canvases) if _on_device(config)
                   else [tuple(c) for c in d.canvases])
   streams = []
@@ -228,11 +265,11 @@ def make_train_dataset(config, process_index=0, process_count=1, stop=None, sour
       seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(base_seed, i), 2)
       short = transforms.random_short_side(tuple(d.short_sizes), seeds[0])
       flip = tf.random.stateless_uniform([], seeds[1]) < 0.5 if d.flip else False
-      element, _ = _element(source, record, config, canvas, short, flip)
+      element, _ = _element(source, record, config, canvas, short, flip, ops=ops)
       return {**element, **({'skipped': record['skipped']} if 'skipped' in record else {})}
 
-    stream = records.filter(lambda r, k=k: tf.equal(transforms.canvas_index(r['orig_size'], d.canvases), k))
-    if d.skip_bad_images:
+    stream = records.filter(lambda r, k=k: tf.equal(transforms.canvas_index(size_of(r), d.canvases), k))
+    if d.skip_bad_images and not ops:
       what = (f'canvas {canvas[0]}x{canvas[1]} of split {d.train_split}'
               + (f' on process {process_index}' if process_count > 1 else ''))
       stream = _readable_only(source, stream, per_bucket[k], what)
