@@ -117,9 +117,9 @@ def plot_curves(pr: Curves, title: str = '') -> Figure:
     ax.text(0.5, 0.5, 'no ground truth in the evaluated images', ha='center', va='center', transform=ax.transAxes)
   ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel='recall', ylabel='precision (interpolated)')
   ax.grid(alpha=0.3)
-  weakest = f', the {len(shown)} weakest of {int(has_gt.sum())} classes' if len(shown) < has_gt.sum() else ''
-  ax.set_title(f'{title}{": " if title else ""}precision-recall at IoU 0.5, all areas, {MAX_DETS} detections/image'
-               f'{weakest}', fontsize=10)
+  shown_text = f'the {len(shown)} weakest by AP50 of {int(has_gt.sum())} classes' if len(shown) < has_gt.sum() else ''
+  ax.set_title(f'Precision-recall at IoU 0.5 (all areas, up to {MAX_DETS} detections per image)\n'
+               + '; '.join(t for t in (title, shown_text) if t), fontsize=10)
   if has_gt.any():
     ax.legend(title='class (AP50)', loc='center left', bbox_to_anchor=(1.01, 0.5), fontsize=9, title_fontsize=9)
   return fig
