@@ -45,6 +45,7 @@ SUITES = {
         Case('postprocess', 'postprocess', []),
         Case('input_pipeline', 'input_pipeline', [], needs='tensorflow'),
         Case('evaluation', 'evaluation', [], needs='tensorflow'),
+        Case('coco_eval', 'coco_eval', []),
         Case('dcn', 'dcn', []),
         Case('loop_overhead', 'loop_overhead', [], needs='tensorflow'),
     ],

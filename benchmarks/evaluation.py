@@ -2,8 +2,8 @@
 
 Builds the shapes recipe's model with random weights (so the post-processing keeps its full count of detections),
 generates a split of --images validation images and runs the real evaluation (tf.data reading and resizing,
-the jitted eval step, detections to COCO dicts, pycocotools) --repeats times with one jitted step, so only the
-first run compiles; reports the median of the later runs' wall times.
+the jitted eval step, detections to COCO dicts, COCOeval of eval.backend, the PR-curve picture) --repeats times
+with one jitted step, so only the first run compiles; reports the median of the later runs' wall times.
 
     python -m benchmarks.evaluation [--images 64] [--batch 8] [--repeats 3]
 """

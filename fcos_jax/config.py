@@ -183,10 +183,13 @@ def _optimizer_defaults():
 
 
 def _eval_defaults():
-  """`eval`: evaluation batches and how many images."""
+  """`eval`: evaluation batches, how many images, the COCOeval backend, the pictures for TensorBoard."""
   e = ml_collections.ConfigDict()
   e.batch_size = 8
   e.max_images = 0  # 0: the whole split.
+  e.backend = 'faster'  # COCOeval: 'faster' (faster-coco-eval, C++; the same numbers) or 'pycocotools'.
+  e.num_images_to_draw = 4  # Validation images drawn with their detections in TensorBoard at each evaluation.
+  e.draw_threshold = 0.3  # Detections with at least this score are drawn.
   return e
 
 
@@ -200,6 +203,7 @@ POSTPROCESS_METHODS = ('fast', 'paddle')
 DATA_SOURCES = ('folder', 'tfds')
 RESIZE_SIDES = ('auto', 'host', 'device')
 RESIZE_MODES = ('paddle', 'torchvision')
+EVAL_BACKENDS = ('faster', 'pycocotools')
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
 
 
@@ -329,7 +333,8 @@ def _check_values(check, config):
   for path, allowed in (('model.depth', DEPTHS), ('model.dcn_head', DCN_HEADS), ('model.backbone_norm', BACKBONE_NORMS),
                         ('model.dtype', DTYPES), ('loss.quality', LOSS_QUALITIES),
                         ('postprocess.method', POSTPROCESS_METHODS), ('data.source', DATA_SOURCES),
-                        ('data.resize_on', RESIZE_SIDES), ('data.resize_mode', RESIZE_MODES)):
+                        ('data.resize_on', RESIZE_SIDES), ('data.resize_mode', RESIZE_MODES),
+                        ('eval.backend', EVAL_BACKENDS)):
     check.one_of(path, allowed)
   check.at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs',
                  'model.gn_groups', 'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',
@@ -337,7 +342,8 @@ def _check_values(check, config):
                  'train.keep_checkpoints', 'train.stop_sync_every', 'optimizer.base_batch_size',
                  'postprocess.pre_nms_top_k', 'postprocess.max_detections', 'eval.batch_size')
   check.at_least(0, 'seed', 'data.threads', 'train.eval_every', 'optimizer.warmup_steps', 'optimizer.weight_decay',
-                 'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images')
+                 'optimizer.head_bias_lr_mult', 'optimizer.grad_clip_norm', 'loss.focal_gamma', 'eval.max_images',
+                 'eval.num_images_to_draw')
   check.at_least(-1, 'model.freeze_at')
   need(m.freeze_at <= 3, f'model.freeze_at={m.freeze_at} must be at most 3 (the stem and res2..res5 frozen)')
   need(o.lr > 0, f'optimizer.lr={o.lr} must be positive')
@@ -352,6 +358,7 @@ def _check_values(check, config):
   need(0 <= p.nms_iou <= 1, f'postprocess.nms_iou={p.nms_iou} must be in [0, 1]')
   need(0 < m.prior_prob < 1, f'model.prior_prob={m.prior_prob} must be in (0, 1)')
   need(0 <= a.point_offset < 1, f'assign.point_offset={a.point_offset} must be in [0, 1)')
+  need(0 <= config.eval.draw_threshold <= 1, f'eval.draw_threshold={config.eval.draw_threshold} must be in [0, 1]')
 
 
 def _check_model(check, config):

@@ -1,7 +1,12 @@
 """Evaluation: the jitted eval step over a split, detections -> COCO result dicts in original-image pixels ->
-pycocotools box metrics, written to the workdir. An `Evaluator` holds what a run evaluates with; `run(variables)`
-evaluates once."""
+COCO box metrics (the 12 numbers, a per-class table, PR curves; faster-coco-eval or pycocotools), written to the
+workdir, and to TensorBoard with a few images drawn. An `Evaluator` holds what a run evaluates with;
+`run(variables)` evaluates once."""
 
+import contextlib
+import dataclasses
+import gc
+import io
 import os
 import sys
 import time
@@ -14,7 +19,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import atomic, checkpoints, inference, progress, resize, runtime
+from fcos_jax import atomic, checkpoints, draw, errors, inference, per_class, progress, resize, runtime
 from fcos_jax import config as config_lib
 from fcos_jax.data import annotations
 
@@ -62,25 +67,94 @@ def _empty_results(coco_gt):
                                  'categories': list(coco_gt.dataset['categories']), 'annotations': []})
 
 
-def coco_evaluate(coco_gt: COCO | str | os.PathLike, results: Sequence[dict],
-                  image_ids: Sequence[int] | None = None) -> dict:
-  """The 12 standard COCO box metrics {name: value} of `results` (dicts as from `detections_to_coco`).
+@dataclasses.dataclass(frozen=True)
+class BoxEvaluation:
+  """What one COCOeval run over box results reports."""
+  metrics: dict  # The 12 standard numbers {name: value} in METRIC_NAMES order (-1 where undefined, as COCOeval).
+  per_class: dict  # {category name: {AP, AP50, AP75, APs, APm, APl, AR100 (None where undefined), gt, detections}}.
+  curves: per_class.Curves  # Precision-recall at IoU 0.5 per category.
+
+
+@contextlib.contextmanager
+def _collector_paused():
+  """Pauses Python's cyclic garbage collector: COCOeval allocates objects per box and detection (none of them in a
+  cycle), and the collections their number triggers would take about as long as the evaluation itself."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
+def _cocoeval(coco_gt, results, image_ids, backend):
+  """A bbox COCOeval of `backend` over `results` (copies: loadRes adds fields to the dicts it gets), its images
+  restricted to `image_ids` when given; evaluated and accumulated, its prints swallowed."""
+  with contextlib.redirect_stdout(io.StringIO()):
+    if backend == 'pycocotools':
+      coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else _empty_results(coco_gt)
+      evaluator = COCOeval(coco_gt, coco_dt, 'bbox')
+    else:
+      try:
+        import faster_coco_eval  # pylint: disable=g-import-not-at-top  (only for this backend)
+      except ImportError as e:
+        raise errors.UserError("eval.backend='faster' needs the package faster-coco-eval (pip install "
+                               "faster-coco-eval), or set eval.backend=pycocotools") from e
+      gt = faster_coco_eval.COCO(coco_gt.dataset)  # Shares the annotation dicts (it adds the same 'ignore' field).
+      evaluator = faster_coco_eval.COCOeval_faster(gt, gt.loadRes([dict(r) for r in results]), 'bbox',
+                                                   print_function=print)
+    if image_ids is not None:
+      evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+    evaluator.evaluate()
+    evaluator.accumulate()
+  return evaluator
+
+
+def _counts(category_ids, boxes, image_ids):
+  """How many of `boxes` (dicts with image_id and category_id) lie in `image_ids` (None: all), per category of the
+  sorted `category_ids`."""
+  ids, cats = np.asarray(category_ids, np.int64), np.array([b['category_id'] for b in boxes], np.int64)
+  if image_ids is not None:
+    cats = cats[np.isin(np.array([b['image_id'] for b in boxes], np.int64), np.asarray(list(image_ids), np.int64))]
+  index = np.minimum(np.searchsorted(ids, cats), len(ids) - 1)
+  return np.bincount(index[ids[index] == cats], minlength=len(ids)).tolist()
+
+
+def evaluate_boxes(coco_gt: COCO | str | os.PathLike, results: Sequence[dict],
+                   image_ids: Sequence[int] | None = None, backend: str = 'faster') -> BoxEvaluation:
+  """The COCO box metrics of `results` (dicts as from `detections_to_coco`): the 12 numbers, the per-class table and
+  the PR curves, all from one COCOeval run of `backend` (config_lib.EVAL_BACKENDS: 'faster', faster-coco-eval's
+  C++ COCOeval; 'pycocotools'). Prints the COCO summary and the per-class table.
 
   `coco_gt` is a pycocotools COCO or the path of a COCO annotations json; `image_ids` restricts the evaluation to
-  those images (default: all of coco_gt, so images without results count as missed). Prints pycocotools' table.
-  No results at all give AP 0 (-1 where a size range has no ground truth, as pycocotools reports).
+  those images (default: all of coco_gt, so images without results count as missed). No results at all give AP 0
+  (-1 where a size range has no ground truth, as pycocotools reports). The per-class `gt` counts the ground-truth
+  boxes that score (crowd boxes excluded), `detections` the results, both in the evaluated images.
   """
+  if backend not in config_lib.EVAL_BACKENDS:
+    raise ValueError(f'backend={backend!r} must be one of {config_lib.EVAL_BACKENDS}')
   if isinstance(coco_gt, (str, os.PathLike)):
     coco_gt = COCO(os.fspath(coco_gt))
-  # loadRes adds fields to the dicts it gets: hand it copies.
-  coco_dt = coco_gt.loadRes([dict(r) for r in results]) if results else _empty_results(coco_gt)
-  evaluator = COCOeval(coco_gt, coco_dt, 'bbox')
-  if image_ids is not None:
-    evaluator.params.imgIds = sorted(int(i) for i in image_ids)
-  evaluator.evaluate()
-  evaluator.accumulate()
-  evaluator.summarize()
-  return dict(zip(METRIC_NAMES, (float(v) for v in evaluator.stats)))
+  with _collector_paused():
+    evaluator = _cocoeval(coco_gt, results, image_ids, backend)
+  with contextlib.redirect_stdout(io.StringIO()) as summary:
+    evaluator.summarize()
+  print('\n'.join(summary.getvalue().splitlines()[:len(METRIC_NAMES)]), flush=True)
+  category_ids = list(evaluator.params.catIds)
+  names = per_class.category_names(coco_gt.loadCats(category_ids))
+  counted = [a for a in coco_gt.dataset['annotations'] if not a.get('iscrowd', 0)]
+  table = per_class.results(evaluator.eval, evaluator.params, names, _counts(category_ids, counted, image_ids),
+                            _counts(category_ids, results, image_ids))
+  print(per_class.format_table(table), flush=True)
+  return BoxEvaluation(dict(zip(METRIC_NAMES, (float(v) for v in evaluator.stats[:len(METRIC_NAMES)]))), table,
+                       per_class.curves(evaluator.eval, evaluator.params, names))
+
+
+def coco_evaluate(coco_gt: COCO | str | os.PathLike, results: Sequence[dict],
+                  image_ids: Sequence[int] | None = None, backend: str = 'faster') -> dict:
+  """The 12 standard COCO box metrics {name: value} of `results` (see `evaluate_boxes`, which prints)."""
+  return evaluate_boxes(coco_gt, results, image_ids, backend).metrics
 
 
 def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict) -> Callable:
@@ -112,55 +186,74 @@ class Evaluator:
                source: 'sources.FolderSource | sources.TfdsSource | None' = None,
                stop: Callable[[], bool] | None = None):
     from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: make_eval_step needs none)
-    self.mesh = mesh
+    self.mesh, self.options = mesh, config.eval
     self.batches, self.info = pipeline.make_eval_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count(), stop=stop,
         class_names=class_names, source=source)
     self.eval_step = jax.jit(make_eval_step(model, config), static_argnames='canvas',
                              out_shardings=runtime.replicated(mesh))
+    self.resized_on_device = resize.side(config.data.resize_on) == 'device'
 
-  def run(self, variables: dict, workdir: str, step: int | None = None) -> dict:
-    """Predicts the whole split, writes results.json and metrics.json (with `_step{step}` when given) to `workdir`,
-    returns the metrics (the COCO ones and `unreadable_images`; {} on processes other than 0).
+  def run(self, variables: dict, workdir: str, step: int | None = None, writer=None) -> dict:
+    """Predicts the whole split, writes results.json, metrics.json and pr_curves.png (each with `_step{step}` when
+    given) to `workdir`, returns the metrics (the 12 COCO numbers, `unreadable_images` and `per_class`, see
+    `evaluate_boxes`; {} on processes other than 0).
+
+    `writer` (a clu metric writer, e.g. the training run's TensorBoard): also gets, at `step`, the per-class AP as
+    scalars `eval/AP/CLASS` and eval.num_images_to_draw fixed validation images (the first of the split) drawn with
+    their detections scoring at least eval.draw_threshold as images `eval/detections`, taken from this same pass.
 
     Every process runs the same number of batches (the last is padded and masked); detections come back
-    replicated, so process 0 writes the files and runs pycocotools. Unreadable images (data.skip_bad_images) get no
-    detections but count: their ground truth is missed.
+    replicated, so process 0 writes the files and runs COCOeval (eval.backend). Unreadable images
+    (data.skip_bad_images) get no detections but count: their ground truth is missed.
     """
-    results, image_ids, num_unreadable = self._predict(jax.device_put(variables, runtime.replicated(self.mesh)))
+    num_pictures = self.options.num_images_to_draw if writer is not None and jax.process_index() == 0 else 0
+    results, image_ids, num_unreadable, pictures = self._predict(
+        jax.device_put(variables, runtime.replicated(self.mesh)), num_pictures)
     if jax.process_index() != 0:
       return {}
     suffix = '' if step is None else f'_step{step}'
     os.makedirs(workdir, exist_ok=True)
     atomic.write_json(os.path.join(workdir, f'results{suffix}.json'), results)
-    metrics = {**coco_evaluate(self.info.coco_gt, results, image_ids=image_ids), 'unreadable_images': num_unreadable}
+    evaluation = evaluate_boxes(self.info.coco_gt, results, image_ids, self.options.backend)
+    metrics = {**evaluation.metrics, 'unreadable_images': num_unreadable}
     skipped = self.batches.stats.summary()  # This process's files; the count is over all processes.
     atomic.write_json(os.path.join(workdir, f'metrics{suffix}.json'),
                       {'step': step, 'num_images': len(image_ids), **metrics,
-                       'unreadable_files': skipped['skipped_files']}, 1)
+                       'unreadable_files': skipped['skipped_files'], 'per_class': evaluation.per_class}, 1)
+    per_class.save_curves(os.path.join(workdir, f'pr_curves{suffix}.png'), evaluation.curves,
+                          f'{len(image_ids)} images' + ('' if step is None else f', step {step}'))
+    if writer is not None:
+      writer.write_scalars(step, {f'eval/AP/{name}': row['AP'] for name, row in evaluation.per_class.items()
+                                  if row['AP'] is not None})
+      if pictures:
+        writer.write_images(step, {'eval/detections': _same_size(pictures)})
     unreadable = f', {num_unreadable} of them unreadable (scored as missed)' if num_unreadable else ''
     print(f'COCO box AP {metrics["AP"]:.4f}, AP50 {metrics["AP50"]:.4f} on {len(image_ids)} images{unreadable}'
           + ('' if step is None else f' (step {step})'), flush=True)
-    return metrics
+    return {**metrics, 'per_class': evaluation.per_class}
 
-  def _predict(self, variables):
-    """(COCO result dicts, ids of the images evaluated, count of unreadable images) over the whole split.
+  def _predict(self, variables, num_pictures=0):
+    """(COCO result dicts, ids of the images evaluated, count of unreadable images, pictures) over the whole split;
+    `pictures`: the first `num_pictures` readable images of this process drawn with their detections.
 
     One batch in flight: the next batch is read and dispatched before the previous one's outputs are fetched, so
     the device computes while the host converts results and reads input.
     """
     info = self.info
-    results, image_ids, start = [], list(info.missing_image_ids), time.perf_counter()
+    results, image_ids, start, pictures = [], list(info.missing_image_ids), time.perf_counter(), []
     num_unreadable = len(info.missing_image_ids)
 
-    def collect(out, done):
-      """One batch's outputs, fetched from the device, into the results."""
+    def collect(out, batch, done):
+      """One batch's outputs, fetched from the device, into the results (and pictures, from the host `batch`)."""
       nonlocal num_unreadable
       out = jax.device_get(out)
       results.extend(detections_to_coco(out, out, info.label_to_category))
       unreadable = np.asarray(out['unreadable'], bool)
       image_ids.extend(np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist())
       num_unreadable += int(unreadable.sum())
+      if len(pictures) < num_pictures:
+        pictures.extend(self._draw(out, batch, num_pictures - len(pictures)))
       if jax.process_index() == 0:
         rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
         progress.show(sys.stdout, 'evaluating', done, info.num_batches,
@@ -171,13 +264,42 @@ class Evaluator:
       batch, canvas = resize.split_canvas(batch)
       out = self.eval_step(variables, runtime.to_global(batch, self.mesh), canvas=canvas)
       if pending is not None:
-        collect(pending, dispatched)
-      pending, dispatched = out, dispatched + 1
+        collect(*pending, dispatched)
+      pending, dispatched = (out, batch), dispatched + 1
     if pending is not None:
-      collect(pending, dispatched)
+      collect(*pending, dispatched)
     if jax.process_index() == 0:
       print(flush=True)
-    return results, image_ids, num_unreadable
+    return results, image_ids, num_unreadable, pictures
+
+  def _draw(self, out, batch, count):
+    """Up to `count` pictures (uint8 [h, w, 3]) of the readable images of this process's host `batch` with their
+    detections in `out` (the global batch, fetched; this process's rows come first) that score at least
+    eval.draw_threshold and belong to a category of the split."""
+    names = {c['id']: c['name'] for c in self.info.coco_gt.dataset['categories']}
+    category = np.asarray(self.info.label_to_category)
+    pictures = []
+    for i in np.flatnonzero(np.asarray(batch['mask'], bool))[:count]:
+      shown = (np.asarray(out['valid'][i], bool) & (out['scores'][i] >= self.options.draw_threshold)
+               & (category[np.maximum(out['classes'][i], 0)] >= 0))
+      boxes, classes = out['boxes'][i][shown], out['classes'][i][shown]
+      if self.resized_on_device:  # The host holds the decoded image: draw in original pixels.
+        (h, w), boxes = batch['orig_size'][i], inference.to_original_pixels(boxes, out['scale'][i])
+      else:  # The host holds the resized image: draw in canvas pixels.
+        h, w = batch['size'][i]
+      picture = draw.draw(batch['image'][i][:h, :w], boxes, out['scores'][i][shown], classes,
+                          [names[c] for c in category[classes]])
+      pictures.append(np.asarray(picture))
+    return pictures
+
+
+def _same_size(pictures):
+  """uint8 [N, H, W, 3] of pictures [h, w, 3] of any sizes, each at the top left of a grey H x W (the largest)."""
+  height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+  out = np.full((len(pictures), height, width, 3), 64, np.uint8)
+  for picture, o in zip(pictures, out):
+    o[:picture.shape[0], :picture.shape[1]] = picture
+  return out
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,

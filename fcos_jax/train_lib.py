@@ -358,7 +358,7 @@ def _evaluate(run):
   """
   from fcos_jax.data import iterator  # pylint: disable=g-import-not-at-top  (TensorFlow, as above)
   try:
-    results = run.evaluator.run(_variables(run.state), run.workdir, run.step)
+    results = run.evaluator.run(_variables(run.state), run.workdir, run.step, writer=run.writer)
   except iterator.Interrupted:
     print(f'Evaluation at step {run.step} interrupted.', flush=True)
     return {}

@@ -184,7 +184,18 @@ def test_a_converted_checkpoint_alone_predicts_exports_and_evaluates(converted, 
   proc = run('fcos-evaluate', '--workdir=w', f'--checkpoint={converted}', '--config.data.root=coco', *SMALL,
              '--config.eval.batch_size=2', cwd=user)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert sorted(os.listdir(user / 'w')) == ['metrics.json', 'results.json']
+  assert sorted(os.listdir(user / 'w')) == ['metrics.json', 'pr_curves.png', 'results.json']
   metrics = json.loads((user / 'w' / 'metrics.json').read_text())
   assert metrics['num_images'] == 2 and np.isfinite(metrics['AP'])
+  # The per-class table: 'person' has the two boxes, the other 79 classes none (no AP, said in the printed table).
+  results = json.loads((user / 'w' / 'results.json').read_text())
+  assert list(metrics['per_class']) == list(categories.COCO_CLASS_NAMES)
+  for category, (name, row) in zip(categories.COCO_CATEGORY_IDS, metrics['per_class'].items()):
+    assert row['gt'] == (2 if name == 'person' else 0)
+    assert row['detections'] == sum(r['category_id'] == category for r in results)
+    assert (row['AP'] is None) == (name != 'person') and set(row) == {'AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
+                                                                      'AR100', 'gt', 'detections'}
+  assert '| category ' in proc.stdout and 'No ground truth in the evaluated images, so no AP: bicycle,' in proc.stdout
+  with Image.open(user / 'w' / 'pr_curves.png') as picture:
+    assert picture.format == 'PNG' and picture.width > 600
   assert predict.Predictor.from_checkpoint(str(converted)).class_names[0] == 'person'  # The API, as the commands.

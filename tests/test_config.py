@@ -58,6 +58,7 @@ def test_schema_unknown_missing_and_mistyped_fields():
     ('data.source', 'tfdss', config_lib.DATA_SOURCES, 'tfds'),
     ('data.resize_on', 'devices', config_lib.RESIZE_SIDES, 'device'),
     ('data.resize_mode', 'torch', config_lib.RESIZE_MODES, 'torchvision'),
+    ('eval.backend', 'pycocotool', config_lib.EVAL_BACKENDS, 'pycocotools'),
 ])
 def test_enumerated_fields(path, value, allowed, suggestion):
   message = problems_of(with_values(**{path: value}))
@@ -84,6 +85,7 @@ def test_sizes_and_counts_must_be_positive(path):
     ('optimizer.decay_factor', 1.5, 1.0), ('loss.focal_alpha', 1.5, -1.0), ('postprocess.score_threshold', 1.0, 0.0),
     ('postprocess.nms_iou', 1.2, 1.0), ('model.prior_prob', 0.0, 0.5), ('assign.point_offset', 1.0, 0.0),
     ('model.freeze_at', -2, -1), ('optimizer.decay_steps', (750, 600), (600, 750)),
+    ('eval.num_images_to_draw', -1, 0), ('eval.draw_threshold', 1.5, 1.0), ('eval.draw_threshold', -0.1, 0.0),
     ('model.pixel_std', (0.2, 0.0, 0.2), (0.2, 0.2, 0.2)), ('model.pixel_mean', (0.5, 0.5), (0.5, 0.5, 0.5)),
 ])
 def test_ranges(path, bad, good):

@@ -140,13 +140,15 @@ def test_val_categories_the_model_does_not_know_stop_training_before_it_starts(d
 
 
 def scalars(logdir):
-  """{tag: {step: value}} of every scalar in the TensorBoard event files under `logdir`."""
+  """{tag: {step: value}} of every scalar in the TensorBoard event files under `logdir` (images left out)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   found = {}
   for name in os.listdir(logdir):
     for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
       for value in event.summary.value:
-        found.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+        tensor = tf.make_ndarray(value.tensor)
+        if tensor.ndim == 0:  # Images are 1-D: width, height, the encoded pictures.
+          found.setdefault(value.tag, {})[event.step] = float(tensor)
   return found
 
 

@@ -1,4 +1,4 @@
-"""fcos-evaluate: COCO box metrics of a checkpoint on the val split of its config."""
+"""fcos-evaluate: COCO box metrics of a checkpoint on the val split of its config, per class and as PR curves."""
 
 import os
 
@@ -9,8 +9,11 @@ from fcos_jax.commands import harness
 def main(argv: list[str] | None = None) -> int:
   """The command; returns its exit status."""
   parser = harness.make_parser('fcos-evaluate', 'Evaluate a checkpoint on the val split of its config (the one it '
-                               'records, or --config): writes results.json and metrics.json into --workdir and '
-                               'prints the COCO table. Joins a multi-process run like training '
+                               'records, or --config): writes results.json, metrics.json (the 12 COCO numbers and '
+                               'a per-class table) and pr_curves.png (precision-recall at IoU 0.5 per class) into '
+                               '--workdir and prints the COCO summary and the per-class table. '
+                               '--config.eval.backend=pycocotools scores with pycocotools instead of '
+                               'faster-coco-eval (the same numbers). Joins a multi-process run like training '
                                '(--config.train.coordinator_address=..., or distributed_auto). A converted '
                                'checkpoint needs --config.data.root=COCO_DIR.')
   parser.add_argument('--workdir', required=True, help='directory with checkpoints/; results and metrics are '
