@@ -14,7 +14,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import atomic, checkpoints, inference, progress, resize, runtime
+from fcos_jax import atomic, checkpoints, inference, progress, resize, runtime, voc_map
 from fcos_jax import config as config_lib
 from fcos_jax.data import annotations
 
@@ -113,6 +113,7 @@ class Evaluator:
                stop: Callable[[], bool] | None = None):
     from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: make_eval_step needs none)
     self.mesh = mesh
+    self.voc = config.data.source == 'voc'  # Also PaddleDetection's VOC mAP (fcos_jax.voc_map).
     self.batches, self.info = pipeline.make_eval_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count(), stop=stop,
         class_names=class_names, source=source)
@@ -121,7 +122,8 @@ class Evaluator:
 
   def run(self, variables: dict, workdir: str, step: int | None = None) -> dict:
     """Predicts the whole split, writes results.json and metrics.json (with `_step{step}` when given) to `workdir`,
-    returns the metrics (the COCO ones and `unreadable_images`; {} on processes other than 0).
+    returns the metrics (the COCO ones, with a VOC source `voc_map_11point` and `voc_map_integral`, and
+    `unreadable_images`; {} on processes other than 0).
 
     Every process runs the same number of batches (the last is padded and masked); detections come back
     replicated, so process 0 writes the files and runs pycocotools. Unreadable images (data.skip_bad_images) get no
@@ -134,6 +136,10 @@ class Evaluator:
     os.makedirs(workdir, exist_ok=True)
     atomic.write_json(os.path.join(workdir, f'results{suffix}.json'), results)
     metrics = {**coco_evaluate(self.info.coco_gt, results, image_ids=image_ids), 'unreadable_images': num_unreadable}
+    if self.voc:
+      metrics.update(voc_map.voc_metrics(self.info.coco_gt, results, image_ids))
+      print(f'VOC mAP@0.5 {metrics["voc_map_11point"]:.4f} (11point), {metrics["voc_map_integral"]:.4f} (integral)',
+            flush=True)
     skipped = self.batches.stats.summary()  # This process's files; the count is over all processes.
     atomic.write_json(os.path.join(workdir, f'metrics{suffix}.json'),
                       {'step': step, 'num_images': len(image_ids), **metrics,
