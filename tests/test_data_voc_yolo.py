@@ -15,7 +15,7 @@ from PIL import Image
 from jax.sharding import Mesh
 
 from fcos_jax import config as config_lib
-from fcos_jax import errors, optim, resize, train_lib
+from fcos_jax import errors, eval_lib, optim, resize, runtime, train_lib, voc_map
 from fcos_jax.data import check, pipeline, sources, voc, yolo
 from fcos_jax.model import fcos
 
@@ -158,6 +158,27 @@ def test_the_three_layouts_give_the_same_first_step_loss(layouts):
   batches = first_batches(layouts, 1)
   losses = first_step_losses(small_config('folder', layouts['folder']), [batches[k][0] for k in layouts])
   assert np.isfinite(losses[0]) and losses[0] == losses[1] == losses[2], losses
+
+
+def test_evaluation_of_a_voc_folder_adds_the_voc_map_and_matches_the_coco_folder(layouts, tmp_path):
+  """The COCO metrics of the same tiles as a COCO folder and as a VOC folder are the same; the VOC source adds
+  PaddleDetection's VOC mAP of the written results, and the tiny model (prior 0.5: detections everywhere) with its
+  random weights gets a real number, not a placeholder."""
+  metrics = {}
+  for kind in ('folder', 'voc'):
+    config = small_config(kind, layouts[kind])
+    config.model.prior_prob = 0.5
+    config.eval.batch_size = 8  # One image per test device.
+    model = fcos.build_model(config.model)
+    evaluator = eval_lib.Evaluator(config, model, runtime.create_mesh(), class_names=NAMES)
+    metrics[kind] = evaluator.run(fcos.init_variables(model, 0), str(tmp_path / kind))
+  assert {k: metrics['voc'][k] for k in metrics['folder']} == metrics['folder']
+  results = json.loads((tmp_path / 'voc' / 'results.json').read_text())
+  gt = sources.make_source(small_config('voc', layouts['voc'])).coco_gt('val')
+  assert len(results) > 10
+  assert voc_map.voc_metrics(gt, results, [1, 2, 3]) == {k: metrics['voc'][k] for k in voc_map.voc_metrics(gt, [], [])}
+  saved = json.loads((tmp_path / 'voc' / 'metrics.json').read_text())
+  assert saved['voc_map_11point'] == metrics['voc']['voc_map_11point'] and 'voc_map_integral' not in metrics['folder']
 
 
 def write_voc(root, entries, labels=NAMES, split='train', list_form=False):
