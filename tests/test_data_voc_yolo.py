@@ -6,6 +6,7 @@ check; the small-batch padding group."""
 import json
 import logging
 import os
+import subprocess
 
 import jax
 import numpy as np
@@ -19,6 +20,7 @@ from fcos_jax import errors, eval_lib, optim, resize, runtime, train_lib, voc_ma
 from fcos_jax.data import check, pipeline, sources, voc, yolo
 from fcos_jax.model import fcos
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ('tree', 'shrub')
 LAYOUTS = {'folder': 'coco', 'voc': 'voc', 'yolo': 'yolo'}  # data.source -> its folder under the fixture's root.
 
@@ -235,6 +237,38 @@ def test_voc_list_form_label_list_and_the_xml_filename(tmp_path):
   os.rename(os.path.join(root, 'JPEGImages', 'b.jpg'), os.path.join(root, 'JPEGImages', 'b.png'))
   dataset, _, _ = voc.read_split(root, 'train')
   assert dataset['images'] == [{'id': 1, 'file_name': 'JPEGImages/b.png', 'height': 50, 'width': 70}]
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(REPO, '.venv-paddle', '.installed')),
+                    reason='PaddleDetection environment .venv-paddle not built (parity/run.sh builds it)')
+def test_voc_boxes_labels_and_difficult_match_paddledetections_reader(tmp_path):
+  """PaddleDetection's VOCDataSet (parity/paddle_voc_reader.py) on the same list-form folder: every image it keeps
+  (those with objects) has our boxes, labels and difficult flags, in the same order; boxes reaching outside, at the
+  edge, fractional, negative and without area after clipping included."""
+  rng = np.random.default_rng(3)
+  entries = []
+  for i in range(12):
+    h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+    x1, y1 = rng.integers(-20, w, 6), rng.integers(-20, h, 6)
+    boxes = [(int(a), int(b), int(a + rng.integers(-3, 50)) + 0.5 * (k % 2), int(b + rng.integers(1, 50)),
+              int(rng.integers(0, 2))) for k, (a, b) in enumerate(zip(x1, y1))][:int(rng.integers(0, 7))]
+    entries.append((f'im{i}', (h, w), voc_xml(f'im{i}', w, h, boxes, difficult=(1, 4)), None))
+  root = write_voc(tmp_path, entries, list_form=True, split='trainval')
+  proc = subprocess.run([os.path.join(REPO, '.venv-paddle', 'bin', 'python'),
+                         os.path.join(REPO, 'parity', 'paddle_voc_reader.py'), root, 'trainval.txt', 'paddle.json'],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  paddle = json.loads((tmp_path / 'paddle.json').read_text())
+  dataset, _, notes = voc.read_split(root, 'trainval')
+  anns = {img['id']: [a for a in dataset['annotations'] if a['image_id'] == img['id']] for img in dataset['images']}
+  ours = [(os.path.join(root, img['file_name']), anns[img['id']]) for img in dataset['images']]
+  ours = [(file, a) for (file, a), (_, _, xml, _) in zip(ours, entries) if '<object>' in xml]  # Paddle drops empty.
+  assert [file for file, _ in ours] == [r['file'] for r in paddle] and len(paddle) >= 8 and notes
+  for (_, a), record in zip(ours, paddle):
+    xyxy = [[x, y, x + w, y + h] for x, y, w, h in (b['bbox'] for b in a)]
+    np.testing.assert_array_equal(np.float32(xyxy).reshape(-1, 4), np.float32(record['boxes']).reshape(-1, 4))
+    assert [b['category_id'] - 1 for b in a] == record['labels'] and [b['difficult'] for b in a] == record['difficult']
+  assert sum(len(r['boxes']) for r in paddle) > 20
 
 
 def voc_error(root, split='train'):
