@@ -58,7 +58,8 @@ def write_layouts(root, splits):
     os.makedirs(os.path.join(devkit, folder), exist_ok=True)
   os.makedirs(os.path.join(coco, 'annotations'), exist_ok=True)
   for split, items in splits.items():
-    for folder in (os.path.join(coco, split), os.path.join(ultra, 'images', split), os.path.join(ultra, 'labels', split)):
+    for folder in (os.path.join(coco, split), os.path.join(ultra, 'images', split),
+                   os.path.join(ultra, 'labels', split)):
       os.makedirs(folder, exist_ok=True)
     images, anns = [], []
     for i, (name, pixels, boxes) in enumerate(items):

@@ -19,7 +19,6 @@ from PIL import Image
 import yaml
 
 from fcos_jax import errors
-from fcos_jax.data import annotations
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')  # What the input pipeline decodes.
 MAX_PROBLEMS = 20  # Problems listed in one error.
@@ -43,7 +42,9 @@ def label_folder(folder):
 def split_names(root):
   """The splits of a YOLO folder: the sub-folders of images/."""
   folder = os.path.join(root, 'images')
-  return sorted(f for f in os.listdir(folder) if os.path.isdir(os.path.join(folder, f))) if os.path.isdir(folder) else []
+  if not os.path.isdir(folder):
+    return []
+  return sorted(f for f in os.listdir(folder) if os.path.isdir(os.path.join(folder, f)))
 
 
 def class_names(root):
@@ -74,14 +75,9 @@ def class_names(root):
 
 
 def _image_files(folder):
-  """Image files under `folder` (relative paths, sorted) and the other files' paths."""
-  images, others = [], []
-  for directory, dirs, files in os.walk(folder):
-    dirs.sort()
-    for name in files:
-      relative = os.path.relpath(os.path.join(directory, name), folder)
-      (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(relative)
-  return sorted(images), sorted(others)
+  """Image files under `folder` (IMAGE_EXTENSIONS; relative paths, sorted)."""
+  return sorted(os.path.relpath(os.path.join(directory, name), folder) for directory, _, files in os.walk(folder)
+                for name in files if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _objects(path, num_classes):
@@ -123,7 +119,7 @@ def read_split(root, split, images=''):
   if not os.path.isdir(folder):
     raise errors.MissingFileError(f'No image folder {folder} (YOLO folder {root}, split {split!r}).')
   names = class_names(root)
-  files, _ = _image_files(folder)
+  files = _image_files(folder)
   if not files:
     raise errors.DataError(f'{folder}: no images ({", ".join(IMAGE_EXTENSIONS)}).')
   images_, anns, notes, problems = [], [], [], []
