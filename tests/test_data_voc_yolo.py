@@ -156,7 +156,7 @@ def test_the_three_layouts_give_identical_training_batches(layouts):
   assert sum(int(b['valid'].sum()) for b in batches['folder']) > 4
 
 
-@pytest.mark.slow  # One compile of the train step: 96 s measured on 2 cores at load 20.
+@pytest.mark.slow  # One compile of the train step: 96 to 165 s measured on 2 cores at load 20.
 def test_the_three_layouts_give_the_same_first_step_loss(layouts):
   batches = first_batches(layouts, 1)
   losses = first_step_losses(small_config('folder', layouts['folder']), [batches[k][0] for k in layouts])
