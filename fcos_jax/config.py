@@ -98,12 +98,18 @@ def _postprocess_defaults():
 def _data_defaults():
   """`data`: the dataset, resizing, canvases and padding."""
   d = ml_collections.ConfigDict()
-  d.source = 'folder'  # 'folder' (COCO-format folder) or 'tfds' (TFDS coco/2017 in tfds_data_dir).
-  d.root = ''  # COCO-format folder: root/annotations/instances_{split}.json and images in root/{split}/.
+  # 'folder' (COCO-format folder), 'voc' (Pascal VOC folder, as PaddleDetection's VOCDataSet reads it), 'yolo'
+  # (Ultralytics YOLO folder) or 'tfds' (TFDS coco/2017 in tfds_data_dir).
+  d.source = 'folder'
+  # The folder. COCO: root/annotations/instances_{split}.json, images in root/{split}/. VOC: Annotations/ID.xml,
+  # JPEGImages/ID.jpg, split file ImageSets/Main/{split}.txt (or {split}.txt: lines `image_path annotation_path`),
+  # class names in labels.txt or label_list.txt. YOLO: images/{split}/, labels/{split}/NAME.txt, data.yaml.
+  d.root = ''
   d.train_split = 'train2017'
   d.val_split = 'val2017'
   # Other layouts: each split's image folder (joined with the json's file_name) and annotation file; relative paths
-  # are under `root`, '' is the COCO layout above.
+  # are under `root`, '' is the layout above. VOC: only the annotation file, its split file; YOLO: only the image
+  # folder (its labels: the last `images` in the path replaced by `labels`).
   d.train_images = ''
   d.train_annotations = ''
   d.val_images = ''
@@ -124,6 +130,8 @@ def _data_defaults():
   # invariant: zeros beyond the extent, GroupNorm statistics over it): the resized size of the largest image of its
   # group of `pad_group` consecutive images (training; 1 at evaluation), rounded up to a multiple of `pad_stride`.
   # PaddleDetection: 128 (PadBatch(pad_to_stride=128)) and groups of 2 (its per-GPU batch); its IoU recipes: 32.
+  # A group that does not divide train.batch_size (e.g. a batch of 1) becomes gcd(pad_group, batch): for a batch of
+  # 1, each image on its own, as PaddleDetection pads a per-GPU batch of 1.
   d.pad_stride = 128
   d.pad_group = 2
   d.max_boxes = 100  # Ground-truth slots per image (extra boxes: the largest are kept, with a warning).
@@ -200,7 +208,8 @@ BACKBONE_NORMS = ('frozen_bn', 'group_norm')
 DTYPES = ('float32', 'bfloat16', 'float16')
 LOSS_QUALITIES = ('centerness', 'iou')
 POSTPROCESS_METHODS = ('fast', 'paddle')
-DATA_SOURCES = ('folder', 'tfds')
+DATA_SOURCES = ('folder', 'voc', 'yolo', 'tfds')
+FOLDER_SOURCES = {'folder': 'COCO-format', 'voc': 'Pascal VOC', 'yolo': 'YOLO'}  # The sources read from data.root.
 RESIZE_SIDES = ('auto', 'host', 'device')
 RESIZE_MODES = ('paddle', 'torchvision')
 EVAL_BACKENDS = ('faster', 'pycocotools')
@@ -389,9 +398,9 @@ def _check_model(check, config):
 
 def _check_data(check, config, trains, reads_data):
   """The data section: where it is read from (when the command reads data), sizes, padding and canvases."""
-  need, d, t = check.need, config.data, config.train
-  if reads_data and d.source == 'folder':
-    need(bool(d.root), "data.root is empty: set it to a COCO-format folder (or data.source='tfds')")
+  need, d = check.need, config.data
+  if reads_data and d.source in FOLDER_SOURCES:
+    need(bool(d.root), f"data.root is empty: set it to a {FOLDER_SOURCES[d.source]} folder (or data.source='tfds')")
   elif reads_data:
     need(bool(d.tfds_name), 'data.tfds_name is empty')
   need(not reads_data or (bool(d.train_split) and bool(d.val_split)),
@@ -402,8 +411,7 @@ def _check_data(check, config, trains, reads_data):
        f'integers, at most data.max_size={d.max_size}')
   need(d.pad_stride >= 1 and STRIDES[-1] % d.pad_stride == 0,
        f'data.pad_stride={d.pad_stride} must divide {STRIDES[-1]} (e.g. 128, or 32 for the IoU recipes)')
-  need(d.pad_group >= 1 and (not trains or t.batch_size % d.pad_group == 0),
-       f'data.pad_group={d.pad_group} must be positive and divide train.batch_size={t.batch_size}')
+  need(d.pad_group >= 1, f'data.pad_group={d.pad_group} must be positive')
   need(len(d.canvases) > 0, 'data.canvases is empty')
   for canvas in d.canvases:
     need(len(canvas) == 2 and all(_is_int(v) and v > 0 and v % STRIDES[-1] == 0 for v in canvas),
@@ -414,7 +422,12 @@ def _check_data(check, config, trains, reads_data):
     check.problems.append(str(e))
   need(not d.augment or d.resize_on != 'device',
        "data.augment changes the image sizes, so images are resized on the host: set data.resize_on='host' or 'auto'")
-  need(not d.check_first or d.source == 'folder', f"data.check_first needs data.source='folder' (it is {d.source!r})")
+  need(not d.check_first or d.source in FOLDER_SOURCES,
+       f"data.check_first needs a folder source ('folder', 'voc' or 'yolo'; it is {d.source!r})")
+  unused = {'voc': 'images', 'yolo': 'annotations'}.get(d.source)  # VOC names split files, YOLO image folders.
+  for path in (f'data.train_{unused}', f'data.val_{unused}') if unused else ():
+    need(not check.values[path], f'{path}={check.values[path]!r} is not used by data.source={d.source!r}: leave it '
+         'empty')
   need(d.train_split != d.val_split or (d.train_images, d.train_annotations) == (d.val_images, d.val_annotations),
        f'data.train_split and data.val_split are both {d.train_split!r} but their images/annotations paths differ')
 

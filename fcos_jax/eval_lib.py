@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from fcos_jax import atomic, checkpoints, draw, errors, inference, per_class, progress, resize, runtime
+from fcos_jax import atomic, checkpoints, draw, errors, inference, per_class, progress, resize, runtime, voc_map
 from fcos_jax import config as config_lib
 from fcos_jax.data import annotations
 
@@ -187,6 +187,7 @@ class Evaluator:
                stop: Callable[[], bool] | None = None):
     from fcos_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: make_eval_step needs none)
     self.mesh, self.options = mesh, config.eval
+    self.voc = config.data.source == 'voc'  # Also PaddleDetection's VOC mAP (fcos_jax.voc_map).
     self.batches, self.info = pipeline.make_eval_dataset(
         config, process_index=jax.process_index(), process_count=jax.process_count(), stop=stop,
         class_names=class_names, source=source)
@@ -196,8 +197,8 @@ class Evaluator:
 
   def run(self, variables: dict, workdir: str, step: int | None = None, writer=None) -> dict:
     """Predicts the whole split, writes results.json, metrics.json and pr_curves.png (each with `_step{step}` when
-    given) to `workdir`, returns the metrics (the 12 COCO numbers, `unreadable_images` and `per_class`, see
-    `evaluate_boxes`; {} on processes other than 0).
+    given) to `workdir`, returns the metrics (the 12 COCO numbers, with a VOC source `voc_map_11point` and
+    `voc_map_integral`, `unreadable_images` and `per_class`, see `evaluate_boxes`; {} on processes other than 0).
 
     `writer` (a clu metric writer, e.g. the training run's TensorBoard): also gets, at `step`, the per-class AP as
     scalars `eval/AP/CLASS` and eval.num_images_to_draw fixed validation images (the first of the split) drawn with
@@ -217,6 +218,10 @@ class Evaluator:
     atomic.write_json(os.path.join(workdir, f'results{suffix}.json'), results)
     evaluation = evaluate_boxes(self.info.coco_gt, results, image_ids, self.options.backend)
     metrics = {**evaluation.metrics, 'unreadable_images': num_unreadable}
+    if self.voc:
+      metrics.update(voc_map.voc_metrics(self.info.coco_gt, results, image_ids))
+      print(f'VOC mAP@0.5 {metrics["voc_map_11point"]:.4f} (11point), {metrics["voc_map_integral"]:.4f} (integral)',
+            flush=True)
     skipped = self.batches.stats.summary()  # This process's files; the count is over all processes.
     atomic.write_json(os.path.join(workdir, f'metrics{suffix}.json'),
                       {'step': step, 'num_images': len(image_ids), **metrics,

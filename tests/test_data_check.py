@@ -214,7 +214,8 @@ def test_training_stops_before_compiling(broken, tmp_path, capsys):
   assert re.search(r'(?s)truncated JPEG.*FAILED: 6 problem\(s\).*split val.*OK', capsys.readouterr().out)
   assert not os.path.exists(workdir)  # Stopped before any work: no workdir, no config.json.
   c.data.source = 'tfds'
-  with pytest.raises(ValueError, match="data.check_first needs data.source='folder'"):
+  with pytest.raises(ValueError, match=r"data.check_first needs a folder source \('folder', 'voc' or 'yolo'; it is "
+                                      "'tfds'\)"):
     config_lib.validate(c, num_devices=8)
 
 

@@ -256,15 +256,24 @@ def test_damaged_eval_image_is_kept_as_unreadable_and_reported_once(damaged, cap
   assert caplog.text.count(f'Skipping unreadable image {path}') == 1
 
 
-def test_more_boxes_than_slots_are_counted(root, caplog):
+def test_more_boxes_than_slots_are_counted_in_training_only(root, caplog):
+  """Training keeps the largest data.max_boxes boxes and says so; evaluation scores against the whole json, so its
+  box slots drop nothing that counts and it says nothing."""
   config = make_config(root, max_boxes=2)
+  batches = pipeline.make_train_dataset(config)
+  with caplog.at_level(logging.WARNING):
+    got = take(batches, 3)
+  over = sum(int((b['valid'].sum(1) == 2).sum()) for b in got)
+  assert over and batches.stats.images_over_max_boxes > 0
+  assert 'more GT boxes than data.max_boxes' in caplog.text
+  assert all(b['valid'].sum(1).max() <= 2 and b['boxes'].shape[1] == 2 for b in got)
+  caplog.clear()
   batches, _ = pipeline.make_eval_dataset(config)
   with caplog.at_level(logging.WARNING):
     got = list(batches)
-  over = sum(len(boxes) > 2 for boxes, _, _ in annotations(root, 'val').values())
-  assert over and batches.stats.images_over_max_boxes == over
-  assert 'more GT boxes than data.max_boxes' in caplog.text
-  assert all(b['valid'].sum(1).max() <= 2 and b['boxes'].shape[1] == 2 for b in got)
+  assert sum(len(boxes) > 2 for boxes, _, _ in annotations(root, 'val').values())  # There are such images.
+  assert batches.stats.images_over_max_boxes == 0 and 'max_boxes' not in caplog.text
+  assert all(b['boxes'].shape[1] == 2 and 'dropped_boxes' not in b for b in got)
 
 
 def test_generates_the_synthetic_dataset_when_missing(tmp_path, monkeypatch):
@@ -323,7 +332,8 @@ def test_eval_on_fewer_categories_leaves_the_other_classes_unscored(root, tmp_pa
   config = relabelled(root, tmp_path, [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross'])
   _, info = pipeline.make_eval_dataset(config, class_names=NAMES)
   assert info.label_to_category == (1, 3, 7, -1, 12)
-  with pytest.raises(config_lib.ConfigError, match='The val split has 4 categories but model.num_classes is 5'):
+  with pytest.raises(config_lib.ConfigError, match=r"Split 'val' has 4 categories \(rectangle, ellipse, triangle, "
+                     r"diamond\) but model.num_classes is 5: set --config.model.num_classes=4\."):
     pipeline.make_eval_dataset(config)  # Names unknown: positions need every category.
 
 
@@ -336,7 +346,9 @@ def test_eval_stops_on_categories_the_model_does_not_know(root, tmp_path):
       "Split 'val': The dataset's categories do not match the model's classes by name:",
       "  dataset categories the model does not know (1): 12 'hexagon'; the model knows: rectangle, ellipse, "
       'triangle, cross, diamond']
-  with pytest.raises(config_lib.ConfigError, match='The model has 4 class names but model.num_classes is 5'):
+  with pytest.raises(config_lib.ConfigError, match=r"The model has 4 classes \(rectangle, ellipse, triangle, cross: the "
+                     r"categories of its training split 'train', or of its checkpoint\) but model.num_classes is 5: "
+                     r"set --config.model.num_classes=4\."):
     pipeline.make_eval_dataset(make_config(root), class_names=NAMES[:4])
 
 

@@ -228,7 +228,9 @@ def test_evaluate_maps_by_position_when_the_checkpoint_has_no_class_names(shapes
   root, paths = shapes_checkpoint
   fewer = [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross']  # By name this would evaluate.
   status, err = evaluate_command(monkeypatch, capsys, tmp_path, root, paths['none'], fewer)
-  assert status == 2 and err[-1] == 'fcos-evaluate: error: The val split has 4 categories but model.num_classes is 5.'
+  assert status == 2 and err[-1] == ("fcos-evaluate: error: Split 'val' has 4 categories (rectangle, ellipse, "
+                                     'triangle, diamond) but model.num_classes is 5: set '
+                                     '--config.model.num_classes=4.')
 
 
 def test_evaluate_dispatches_the_next_batch_before_fetching_the_last(tmp_path, monkeypatch):

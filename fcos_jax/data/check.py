@@ -1,7 +1,7 @@
-"""Dataset check: reads a COCO-format split's annotations and every image header and prints what a user should know
-before a long run; exits non-zero when something would stop training.
+"""Dataset check: reads a split's annotations (a COCO-format, Pascal VOC or YOLO folder) and every image header and
+prints what a user should know before a long run; exits non-zero when something would stop training.
 
-    fcos-check-data ROOT [--split train2017 ...]       # default: every ROOT/annotations/instances_*.json
+    fcos-check-data ROOT [--split train2017 ...]       # default: every split of ROOT (layout detected)
     fcos-check-data --config=r50_1x --config.data.root=/data/coco   # the config's train and val splits
 
 Images are opened lazily with Pillow (header only: size, mode, EXIF orientation) by a thread pool; their first and
@@ -55,6 +55,7 @@ KINDS = (
     Kind('box_outside', 'boxes reaching outside the image: clipped, dropped if nothing remains', False),
     Kind('crowd_box', 'crowd boxes: ignored in training', False),
     Kind('no_boxes', 'images without usable boxes: skipped in training, kept in evaluation', False),
+    Kind('no_label_file', 'images without a label file: no objects (YOLO background images)', False),
 )
 
 
@@ -218,11 +219,14 @@ def _check_boxes(report, dataset):
 
 
 def check_split(source, split, threads=16, progress=None):
-  """The `Report` of `split` of a `sources.FolderSource`. The json's structure must be valid (else ValueError naming
-  the entry); everything else is reported. `progress`: a file for progress lines on long checks."""
+  """The `Report` of `split` of a `sources.FolderSource` (COCO, VOC or YOLO). The annotations must be readable (a
+  valid json structure, well-formed XML or label files: else a DataError naming each problem); everything else is
+  reported. `progress`: a file for progress lines on long checks."""
   path = source.annotation_path(split)
-  dataset = annotations.load_annotations(path)
+  dataset, notes = source.read_dataset(split)
   report = Report(split, path, len(dataset['images']), len(dataset['annotations']))
+  for kind, message in notes:  # What reading VOC or YOLO annotations found (VOC boxes are clipped as read).
+    report.add(kind, message)
   _check_boxes(report, dataset)
   entries = dataset['images']
   started = last = time.monotonic()
@@ -246,8 +250,9 @@ def check_split(source, split, threads=16, progress=None):
 def config_splits(config):
   """The (source, splits) a training run of `config` reads: its train split, and its val split when it evaluates.
   Generates the synthetic dataset first when the config asks for it (as training would)."""
-  if config.data.source != 'folder':
-    raise config_lib.ConfigError(f'The dataset check reads COCO-format folders; data.source is {config.data.source!r}.')
+  if config.data.source not in config_lib.FOLDER_SOURCES:
+    raise config_lib.ConfigError(f'The dataset check reads folders (COCO-format, VOC, YOLO); data.source is '
+                                 f'{config.data.source!r}.')
   splits = [config.data.train_split]
   if config.train.final_eval or config.train.eval_every:
     splits.append(config.data.val_split)

@@ -140,8 +140,8 @@ class BatchIterator(tf.Module):
     for key in ('skipped', 'problem'):  # Messages of unreadable images: [B, K] (training) or [B] (evaluation).
       if key in batch:
         self._stats.skip(m.decode() for m in np.ravel(batch.pop(key)))
-    dropped = batch.pop('dropped_boxes')
-    if dropped.any():
+    dropped = batch.pop('dropped_boxes', None)  # Training only: evaluation scores against the whole ground truth.
+    if dropped is not None and dropped.any():
       self._stats.images_over_max_boxes += int(np.sum(dropped > 0))
       self._stats.dropped_boxes += int(dropped.sum())
       logging.warning('Images %s have more GT boxes than data.max_boxes; dropped their %d smallest boxes.',

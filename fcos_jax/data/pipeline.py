@@ -66,8 +66,9 @@ def _options(dataset, config):
 def _check_classes(source, split, config):
   n = len(source.category_ids(split))
   if n != config.model.num_classes:
-    raise config_lib.ConfigError(f'The {split} split has {n} categories but model.num_classes is '
-                                 f'{config.model.num_classes}.')
+    raise config_lib.ConfigError(
+        f'Split {split!r} has {n} categories ({annotations.listing(list(source.class_names(split)), 20)}) but '
+        f'model.num_classes is {config.model.num_classes}: set --config.model.num_classes={n}.')
 
 
 def _label_to_category(source, split, config, class_names):
@@ -78,8 +79,10 @@ def _label_to_category(source, split, config, class_names):
     _check_classes(source, split, config)
     return tuple(source.category_ids(split))
   if len(class_names) != config.model.num_classes:
-    raise config_lib.ConfigError(f'The model has {len(class_names)} class names but model.num_classes is '
-                                 f'{config.model.num_classes}.')
+    raise config_lib.ConfigError(
+        f'The model has {len(class_names)} classes ({annotations.listing(list(class_names), 20)}: the categories of '
+        f'its training split {config.data.train_split!r}, or of its checkpoint) but model.num_classes is '
+        f'{config.model.num_classes}: set --config.model.num_classes={len(class_names)}.')
   categories = [{'id': i, 'name': n} for i, n in zip(source.category_ids(split), source.class_names(split))]
   try:
     return annotations.label_to_category(class_names, categories)
@@ -291,9 +294,8 @@ def _padding_element(max_boxes, canvas=None):
   return {**device, 'image': tf.zeros([0, 0, 3], tf.uint8), 'boxes': tf.zeros([max_boxes, 4], tf.float32),
           'labels': -tf.ones([max_boxes], tf.int32), 'valid': tf.zeros([max_boxes], bool),
           'image_id': tf.constant(-1, tf.int32), 'scale': tf.ones([2], tf.float32),
-          'orig_size': tf.zeros([2], tf.int32), 'size': tf.zeros([2], tf.int32),
-          'dropped_boxes': tf.constant(0, tf.int32), 'mask': tf.constant(False), 'unreadable': tf.constant(False),
-          'problem': tf.constant('')}
+          'orig_size': tf.zeros([2], tf.int32), 'size': tf.zeros([2], tf.int32), 'mask': tf.constant(False),
+          'unreadable': tf.constant(False), 'problem': tf.constant('')}
 
 
 def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop=None, class_names=None,
@@ -330,6 +332,7 @@ def make_eval_dataset(config, split=None, process_index=0, process_count=1, stop
     @tf.autograph.experimental.do_not_convert
     def load(record, canvas=canvas):
       element, problem = _element(source, record, config, canvas, d.eval_short_size, False, d.skip_bad_images)
+      del element['dropped_boxes']  # Scored against the whole ground truth: the box slots do not limit it.
       readable = tf.equal(problem, '')
       return {**element, 'mask': readable, 'unreadable': ~readable, 'problem': problem}
 

@@ -1,6 +1,7 @@
-"""Sources of COCO images and boxes: a COCO-format folder or TFDS `coco/2017`.
+"""Sources of images and boxes: a COCO-format folder, a Pascal VOC or YOLO folder (read into the same COCO
+annotation dict: `voc`, `yolo`), or TFDS `coco/2017`.
 
-Both sources give, per split, an `Index` (everything but pixels), a tf.data stream of records (one per image) and a
+Every source gives, per split, an `Index` (everything but pixels), a tf.data stream of records (one per image) and a
 `pycocotools.coco.COCO` ground truth for evaluation. A record holds `file` (string, for messages), `image_id` int32,
 `orig_size` int32 [2] (h, w), `boxes` float32 [N, 4] and `labels` int32 [N]; `source.read(record)` gives its encoded
 bytes and `decoding.decode` the canonical example, which adds `image` uint8 [h, w, 3] (RGB).
@@ -9,6 +10,7 @@ Boxes pass `annotations.clean_boxes`. Label = position of the category id in the
 A source parses its annotations once and keeps them: build one per run (`make_source`) and pass it on.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -17,18 +19,32 @@ import numpy as np
 import tensorflow as tf
 
 from fcos_jax import errors
-from fcos_jax.data import annotations
+from fcos_jax.data import annotations, voc, yolo
 from fcos_jax.data.categories import COCO_CATEGORY_IDS  # TFDS label i is the i-th of them.
 
 _TFDS_SPLITS = {'train2017': 'train', 'val2017': 'validation'}  # COCO folder names -> TFDS split names.
 
 
 def make_source(config):
-  """The data source named by `config.data` (checked by `config.validate`): a `FolderSource` or `TfdsSource`."""
+  """The data source named by `config.data` (checked by `config.validate`): a `FolderSource` (or its VOC / YOLO
+  kind) or a `TfdsSource`."""
   d = config.data
   if d.source == 'tfds':
     return TfdsSource(d.tfds_name, d.tfds_data_dir)
-  return FolderSource(d.root, skip_bad_images=d.skip_bad_images, layout=annotations.split_layout(d))
+  return FOLDER_KINDS[d.source](d.root, skip_bad_images=d.skip_bad_images, layout=annotations.split_layout(d))
+
+
+def detect_layout(root):
+  """The `data.source` of the folder `root` by what it holds: 'voc' (Annotations/, ImageSets/ or a class-name
+  file), 'yolo' (images/ beside labels/, data.yaml or classes.txt), else 'folder' (COCO)."""
+  has = lambda name: os.path.exists(os.path.join(root, name))  # noqa: E731
+  if has('annotations') or not os.path.isdir(root):
+    return 'folder'
+  if has('Annotations') or has('ImageSets') or any(has(f) for f in voc.LABEL_FILES):
+    return 'voc'
+  if has('images') and (has('labels') or has('data.yaml') or has('classes.txt')):
+    return 'yolo'
+  return 'folder'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +97,19 @@ class FolderSource:
     self.layout = dict(layout or {})
     self._splits = {}
 
+  def read_dataset(self, split):
+    """(COCO annotation dict of `split`, its structure validated; notes: (kind, message) findings made while
+    reading it, kinds as in `fcos_jax.data.check`)."""
+    return annotations.load_annotations(self.annotation_path(split)), []
+
   def _load(self, split):
-    """Parses and validates the json of `split` once; returns (COCO, Index, category ids, missing files)."""
+    """Parses and validates the annotations of `split` once; returns (COCO, Index, category ids, missing files)."""
     if split in self._splits:
       return self._splits[split]
     path = self.annotation_path(split)
-    dataset = annotations.load_annotations(path)
+    dataset, notes = self.read_dataset(split)
     annotations.require_known_references(dataset, path)
+    _report_notes(path, notes, self.skip_bad_images)
     gt = annotations.quiet_coco(dataset)
     category_ids = tuple(sorted(gt.cats))
     label_of = {cid: i for i, cid in enumerate(category_ids)}
@@ -170,6 +192,66 @@ class FolderSource:
   def read(self, record):
     """Encoded bytes of the image of `record` (a string tensor)."""
     return tf.io.read_file(record['file'])
+
+
+def _report_notes(path, notes, skip_bad_images):
+  """Logs the findings of reading a VOC or YOLO split, one warning per kind; unreadable images stop it unless
+  skipped (data.skip_bad_images)."""
+  by_kind = collections.defaultdict(list)
+  for kind, message in notes:
+    by_kind[kind].append(message)
+  unreadable = by_kind.pop('unreadable', [])
+  if unreadable and not skip_bad_images:
+    raise errors.DataError(f'{path}: {len(unreadable)} unreadable image(s) (data.skip_bad_images=true skips them): '
+                           f'{annotations.listing(unreadable, 3)}')
+  if unreadable:
+    logging.warning('%s: skipping %d unreadable image(s): %s', path, len(unreadable), annotations.listing(unreadable))
+  for kind, messages in by_kind.items():
+    logging.warning('%s: %d %s: %s', path, len(messages), _NOTE_TITLES[kind], annotations.listing(messages, 3))
+
+
+_NOTE_TITLES = {'box_outside': 'box(es) reaching outside the image (clipped, dropped if nothing remains)',
+                'degenerate_box': 'box(es) without area (dropped)',
+                'no_label_file': 'image(s) without a label file (no objects)'}
+
+
+class VocSource(FolderSource):
+  """A Pascal VOC folder at `root` (see `voc`); `layout` {split: (images, split file)}: the split file relative to
+  `root` where given (images: unused)."""
+
+  def read_dataset(self, split):
+    dataset, _, notes = voc.read_split(self.root, split, self.layout.get(split, ('', ''))[1])
+    return dataset, notes
+
+  def annotation_path(self, split):
+    """The split file of `split`."""
+    return voc.split_file(self.root, split, self.layout.get(split, ('', ''))[1])
+
+  def image_path(self, split, file_name):
+    del split
+    return os.path.join(self.root, file_name)
+
+
+class YoloSource(FolderSource):
+  """An Ultralytics YOLO folder at `root` (see `yolo`); `layout` {split: (image folder, _)}: the image folder
+  relative to `root` where given (its labels: Ultralytics' rule)."""
+
+  def read_dataset(self, split):
+    dataset, _, notes = yolo.read_split(self.root, split, self.layout.get(split, ('', ''))[0])
+    return dataset, notes
+
+  def annotation_path(self, split):
+    """The label folder of `split`."""
+    return yolo.label_folder(self._images(split))
+
+  def image_path(self, split, file_name):
+    return os.path.join(self._images(split), file_name)
+
+  def _images(self, split):
+    return yolo.image_folder(self.root, split, self.layout.get(split, ('', ''))[0])
+
+
+FOLDER_KINDS = {'folder': FolderSource, 'voc': VocSource, 'yolo': YoloSource}  # data.source -> its class.
 
 
 class TfdsSource:

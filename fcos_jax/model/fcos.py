@@ -1,5 +1,6 @@
 """FCOS = ResNet -> FPN -> head, plus the on-device image normalisation and the builder from a config."""
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -80,15 +81,17 @@ def normalize_images(images, sizes, mean, std):
 
 def reference_extent(sizes, pad_stride, group=1):
   """The extent [N, 2] int32 (h, w) the reference pads each image to: the largest of `sizes` [N, 2] (resized (h, w))
-  within its group of `group` consecutive images, rounded up to a multiple of `pad_stride`.
+  within its group of `group` consecutive images, rounded up to a multiple of `pad_stride`. A group that does not
+  divide N becomes gcd(group, N) (a batch of 1: each image on its own, as the reference pads a per-GPU batch of 1).
 
   PaddleDetection pads each image to its own multiple of 128 at evaluation (group 1) and each GPU's batch of 2 to
   the multiple of its larger image in training; `FCOS` computes every image on its extent, so its outputs depend
   on the image and this extent only, not on the static canvas or its batch-mates (outside its group).
   """
   sizes = sizes.astype(jnp.int32)
+  n = sizes.shape[0]
+  group = math.gcd(group, n)
   if group > 1:
-    n = sizes.shape[0]
     sizes = jnp.repeat(jnp.max(sizes.reshape(n // group, group, 2), axis=1), group, axis=0)
   return (sizes + pad_stride - 1) // pad_stride * pad_stride
 
