@@ -19,6 +19,7 @@ from fcos_jax import config as config_lib
 from fcos_jax.data import annotations
 
 if TYPE_CHECKING:  # For the annotations only: it imports TensorFlow, which make_eval_step does not need.
+  from fcos_jax import slicing
   from fcos_jax.data import sources
 
 # The order of COCOeval.stats for boxes.
@@ -180,9 +181,28 @@ class Evaluator:
     return results, image_ids, num_unreadable
 
 
+class SlicedEvaluator(Evaluator):
+  """An `Evaluator` that predicts each image in tiles (`fcos_jax.slicing`, PaddleDetection's sliced evaluation)
+  through a `predict.Predictor`, then scores and writes as `run` does. One process."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
+               sliced: 'slicing.Slicing', class_names: Sequence[str] | None = None):
+    from fcos_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    if jax.process_count() > 1:
+      raise config_lib.ConfigError('Sliced evaluation runs in one process: start it without '
+                                   'train.coordinator_address or distributed_auto.')
+    self.source, self.config, self.sliced = sources.make_source(config), config, sliced
+    super().__init__(config, model, mesh, class_names, self.source)
+
+  def _predict(self, variables):
+    from fcos_jax import slicing  # pylint: disable=g-import-not-at-top,redefined-outer-name
+    return slicing.predict_split(self.config, variables, self.source, self.info, self.batches.stats, self.sliced)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
-                        checkpoint: str | None = None) -> dict:
-  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`.
+                        checkpoint: str | None = None, sliced: 'slicing.Slicing | None' = None) -> dict:
+  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`; with `sliced`, predicts
+  every image in tiles (`SlicedEvaluator`).
 
   `config` None takes the config recorded in the checkpoint (its data fields name the evaluation split). The class
   names the checkpoint records map its labels to the split's categories by name (by position if it has none).
@@ -195,4 +215,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count(), uses='evaluate')
   model, variables = inference.load_detector(path, config)
+  if sliced is not None:
+    return SlicedEvaluator(config, model, runtime.create_mesh(), sliced, class_names).run(variables, workdir)
   return Evaluator(config, model, runtime.create_mesh(), class_names).run(variables, workdir)
