@@ -195,8 +195,27 @@ class SlicedEvaluator(Evaluator):
     super().__init__(config, model, mesh, class_names, self.source)
 
   def _predict(self, variables):
-    from fcos_jax import slicing  # pylint: disable=g-import-not-at-top,redefined-outer-name
-    return slicing.predict_split(self.config, variables, self.source, self.info, self.batches.stats, self.sliced)
+    """(COCO result dicts, ids of the images evaluated, count of unreadable images), as `Evaluator._predict`."""
+    from fcos_jax import predict  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    info, start = self.info, time.perf_counter()
+    results, image_ids, num_unreadable = [], list(info.missing_image_ids), len(info.missing_image_ids)
+    for image_id, found in predict.predict_split(
+        predict.Predictor(self.config, variables), self.source, self.config.data.val_split,
+        info.num_images - len(info.missing_image_ids), self.sliced, self.config.data.skip_bad_images):
+      image_ids.append(image_id)
+      if isinstance(found, predict.UnreadableImageError):  # Scored as missed.
+        self.batches.stats.skip([f'{found} (image_id {image_id})'])
+        num_unreadable += 1
+        continue
+      categories = np.asarray(info.label_to_category)[found.classes]
+      known = categories >= 0  # Classes the split lacks are not scored.
+      results.extend(coco_results([image_id] * int(known.sum()), categories[known], found.boxes[known],
+                                  found.scores[known]))
+      rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
+      progress.show(sys.stdout, 'evaluating in tiles', len(image_ids), info.num_images,
+                    f'{len(image_ids)}/{info.num_images} images, {rate:.1f} img/s')
+    print(flush=True)
+    return results, image_ids, num_unreadable
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fcos_jax import checkpoints, inference
+from fcos_jax import checkpoints, errors, inference
 from fcos_jax import config as config_lib
 from fcos_jax import slicing as slicing_lib
 from fcos_jax.model import fcos
@@ -222,3 +222,41 @@ class Predictor:
         results[i] = (inference.to_original_pixels(detections['boxes'][slot][keep], prepared[i][2]),
                       detections['scores'][slot][keep], detections['classes'][slot][keep])
     return results
+
+
+def predict_split(predictor: Predictor, source, split: str, num_images: int,
+                  slicing: slicing_lib.Slicing | None = None, skip_bad_images: bool = False):
+  """Yields (image_id, `Prediction`) for the first `num_images` images of `split` of a data source
+  (`fcos_jax.data.sources`), in its order, predicted in groups (their tiles batched together with `slicing`).
+
+  An unreadable image is a DataError naming its file or, with `skip_bad_images`, yields (image_id,
+  UnreadableImageError) in its turn; an image whose size differs from its annotation's is a DataError.
+  """
+  tf = _tf()
+  records = source.records(split).take(num_images).map(
+      lambda r: (r['image_id'], r['file'], r['orig_size'], source.read(r)), num_parallel_calls=tf.data.AUTOTUNE)
+  group = []
+
+  def flush():
+    predictions = predictor.predict_arrays([image for _, _, image in group], [file for _, file, _ in group], slicing)
+    done = [(image_id, found) for (image_id, _, _), found in zip(group, predictions)]
+    group.clear()
+    return done
+
+  for image_id, file, size, encoded in records.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    file, image_id = file.decode(), int(image_id)
+    try:
+      image = decode(encoded, file)
+    except UnreadableImageError as e:
+      if not skip_bad_images:
+        raise errors.DataError(f'{e} (data.skip_bad_images=true scores unreadable images as missed)') from None
+      yield image_id, e
+      continue
+    if image.shape[:2] != tuple(size):
+      raise errors.DataError(f'Image {file} is {image.shape[0]}x{image.shape[1]} but its annotation says '
+                             f'{size[0]}x{size[1]}')
+    group.append((image_id, file, image))
+    if len(group) == 4 * predictor.batch_size:
+      yield from flush()
+  if group:
+    yield from flush()

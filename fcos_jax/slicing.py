@@ -6,18 +6,20 @@ runs every slice through its eval transforms); the tiles' detections are shifted
 combined (`merge`): 'concat' keeps them all, 'nms' runs a greedy NMS within each class with the IoS or IoU metric
 (PaddleDetection's `post_process.nms`, including its +1 pixel areas and `overlap >= threshold`).
 
-`predict.Predictor` predicts in tiles; `eval_lib.SlicedEvaluator` evaluates a split that way (`predict_split`). The command-line face of it
-(`add_arguments`, `from_arguments`) is shared by fcos-predict and fcos-evaluate.
+A tile of h x w pixels is resized by s = min(data.eval_short_size / min(h, w), data.max_size / max(h, w)): square
+tiles of data.eval_short_size pixels run at their own pixels (s = 1); PaddleDetection's usual 640 x 640 tiles under
+an 800 / 1333 scale are enlarged 1.25 times, as there.
+
+`predict.Predictor` predicts in tiles; `eval_lib.SlicedEvaluator` evaluates a split that way. The
+command-line face of it (`add_arguments`, `from_arguments`) is shared by fcos-predict and fcos-evaluate.
 """
 
 import argparse
 import dataclasses
-import sys
-import time
 
 import numpy as np
 
-from fcos_jax import errors, progress
+from fcos_jax import errors
 
 COMBINE_METHODS = ('nms', 'concat')
 MATCH_METRICS = ('ios', 'iou')
@@ -151,55 +153,3 @@ def from_arguments(args: argparse.Namespace) -> Slicing | None:
   options = {('overlap' if k == 'overlap_ratio' else k): tuple(v) if isinstance(v, list) else v
              for k, v in given.items()}
   return Slicing(size=tuple(args.slice_size), **options)
-
-def predict_split(config, variables, source, info, stats, sliced: Slicing) -> tuple[list, list, int]:
-  """Sliced evaluation's predictions: every image of the val split of `source` (as many as `info`, an
-  `pipeline.EvalInfo`, counts) predicted in tiles by a `predict.Predictor` of (`config`, `variables`), tiles of
-  several images batched together. Returns (COCO result dicts, ids of the images evaluated, count of unreadable
-  images), as `eval_lib.Evaluator` predicts them; unreadable images are an error naming the file or, with
-  data.skip_bad_images, counted in `stats` (an `iterator.InputStats`) and scored as missed."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (this module is imported by commands before checks)
-  from fcos_jax import eval_lib, predict  # pylint: disable=g-import-not-at-top  (JAX, TensorFlow, pycocotools)
-  predictor = predict.Predictor(config, variables)
-  records = source.records(config.data.val_split).take(info.num_images - len(info.missing_image_ids))
-  records = records.map(lambda r: (r['image_id'], r['file'], r['orig_size'], source.read(r)),
-                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-  label_to_category = np.asarray(info.label_to_category)
-  results, image_ids, num_unreadable = [], list(info.missing_image_ids), len(info.missing_image_ids)
-  chunk, start = [], time.perf_counter()
-
-  def flush():
-    predictions = predictor.predict_arrays([image for _, _, image in chunk], [file for _, file, _ in chunk],
-                                           sliced)
-    for (image_id, _, _), pred in zip(chunk, predictions):
-      categories = label_to_category[pred.classes]
-      known = categories >= 0  # Classes the split lacks are not scored.
-      results.extend(eval_lib.coco_results(np.full(known.sum(), image_id), categories[known], pred.boxes[known],
-                                           pred.scores[known]))
-      image_ids.append(image_id)
-    chunk.clear()
-    rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
-    progress.show(sys.stdout, 'evaluating in tiles', len(image_ids), info.num_images,
-                  f'{len(image_ids)}/{info.num_images} images, {rate:.1f} img/s')
-
-  for image_id, file, size, encoded in records.as_numpy_iterator():
-    file, image_id = file.decode(), int(image_id)
-    try:
-      image = predict.decode(encoded, file)
-    except predict.UnreadableImageError as e:
-      if not config.data.skip_bad_images:
-        raise errors.DataError(f'{e} (data.skip_bad_images=true scores unreadable images as missed)') from None
-      stats.skip([f'{file} (image_id {image_id}): {str(e).removeprefix(file + ": ")}'])
-      image_ids.append(image_id)
-      num_unreadable += 1
-      continue
-    if image.shape[:2] != tuple(size):
-      raise errors.DataError(f'Image {file} is {image.shape[0]}x{image.shape[1]} but its annotation says '
-                             f'{size[0]}x{size[1]}')
-    chunk.append((image_id, file, image))
-    if len(chunk) == 4 * predictor.batch_size:
-      flush()
-  if chunk:
-    flush()
-  print(flush=True)
-  return results, image_ids, num_unreadable

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fcos_jax import checkpoints, errors, postprocess, predict, slicing
+from fcos_jax.data import sources
 from fcos_jax.model import fcos
 from tests.test_commands import assert_user_error, coco_folder, run
 from tests.test_predict import picture, tiny_config
@@ -214,6 +215,18 @@ def test_tiles_compile_once_per_canvas(monkeypatch):
   again = p.predict([picture(700, 90, 3), picture(129, 1000, 4)], slicing=tiles)
   assert len(traces) == 2
   assert [a.image_size for a in again] == [(700, 90), (129, 1000)]
+
+
+def test_a_split_in_tiles_names_unreadable_images(predictor, tmp_path):
+  coco_folder(tmp_path)  # Two 96 x 128 images, ids 1 and 2.
+  (tmp_path / 'val2017' / '1.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  source, tiles = sources.FolderSource(str(tmp_path)), slicing.Slicing((64, 64))
+  with pytest.raises(errors.DataError, match=r'1.jpg: truncated JPEG \(no end-of-image marker\) '
+                     r'\(data.skip_bad_images=true scores unreadable images as missed\)'):
+    list(predict.predict_split(predictor, source, 'val2017', 2, tiles))
+  (first, bad), (second, pred) = predict.predict_split(predictor, source, 'val2017', 2, tiles, skip_bad_images=True)
+  assert (first, second) == (1, 2) and isinstance(bad, predict.UnreadableImageError)
+  assert pred.image_size == (96, 128) and len(pred.scores) > 0
 
 
 @pytest.fixture(scope='module')
