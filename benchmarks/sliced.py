@@ -75,7 +75,8 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as tmp:
     root = os.path.join(tmp, 'rasters')
     write_rasters(root, args.images, args.size, args.objects, args.min, args.max, args.seed)
-    config.data.update(dict(root=root, val_split='val2017', generate_synthetic=False))
+    config.data.update(dict(root=root, val_split='val2017', generate_synthetic=False,
+                            max_boxes=max(config.data.max_boxes, args.objects)))
     runs = [('whole image', None)] + [(f'{s}x{s} tiles', slicing.Slicing((s, s), (args.overlap, args.overlap)))
                                       for s in args.slices]
     for name, sliced in runs:
