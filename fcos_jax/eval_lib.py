@@ -24,6 +24,7 @@ from fcos_jax import config as config_lib
 from fcos_jax.data import annotations
 
 if TYPE_CHECKING:  # For the annotations only: it imports TensorFlow, which make_eval_step does not need.
+  from fcos_jax import slicing
   from fcos_jax.data import sources
 
 # The order of COCOeval.stats for boxes.
@@ -307,9 +308,47 @@ def _same_size(pictures):
   return out
 
 
+class SlicedEvaluator(Evaluator):
+  """An `Evaluator` that predicts each image in tiles (`fcos_jax.slicing`, PaddleDetection's sliced evaluation)
+  through a `predict.Predictor`, then scores and writes as `run` does. One process."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
+               sliced: 'slicing.Slicing', class_names: Sequence[str] | None = None):
+    from fcos_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    if jax.process_count() > 1:
+      raise config_lib.ConfigError('Sliced evaluation runs in one process: start it without '
+                                   'train.coordinator_address or distributed_auto.')
+    self.source, self.config, self.sliced = sources.make_source(config), config, sliced
+    super().__init__(config, model, mesh, class_names, self.source)
+
+  def _predict(self, variables):
+    """(COCO result dicts, ids of the images evaluated, count of unreadable images), as `Evaluator._predict`."""
+    from fcos_jax import predict  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    info, start = self.info, time.perf_counter()
+    results, image_ids, num_unreadable = [], list(info.missing_image_ids), len(info.missing_image_ids)
+    for image_id, found in predict.predict_split(
+        predict.Predictor(self.config, variables), self.source, self.config.data.val_split,
+        info.num_images - len(info.missing_image_ids), self.sliced, self.config.data.skip_bad_images):
+      image_ids.append(image_id)
+      if isinstance(found, predict.UnreadableImageError):  # Scored as missed.
+        self.batches.stats.skip([f'{found} (image_id {image_id})'])
+        num_unreadable += 1
+        continue
+      categories = np.asarray(info.label_to_category)[found.classes]
+      known = categories >= 0  # Classes the split lacks are not scored.
+      results.extend(coco_results([image_id] * int(known.sum()), categories[known], found.boxes[known],
+                                  found.scores[known]))
+      rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
+      progress.show(sys.stdout, 'evaluating in tiles', len(image_ids), info.num_images,
+                    f'{len(image_ids)}/{info.num_images} images, {rate:.1f} img/s')
+    print(flush=True)
+    return results, image_ids, num_unreadable
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
-                        checkpoint: str | None = None) -> dict:
-  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`.
+                        checkpoint: str | None = None, sliced: 'slicing.Slicing | None' = None) -> dict:
+  """Evaluates `checkpoint` (a checkpoint directory), or the latest checkpoint in `workdir`; with `sliced`, predicts
+  every image in tiles (`SlicedEvaluator`).
 
   `config` None takes the config recorded in the checkpoint (its data fields name the evaluation split). The class
   names the checkpoint records map its labels to the split's categories by name (by position if it has none).
@@ -322,4 +361,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
   runtime.initialize_distributed(config)
   config_lib.validate(config, jax.device_count(), uses='evaluate')
   model, variables = inference.load_detector(path, config)
+  if sliced is not None:
+    return SlicedEvaluator(config, model, runtime.create_mesh(), sliced, class_names).run(variables, workdir)
   return Evaluator(config, model, runtime.create_mesh(), class_names).run(variables, workdir)

@@ -4,7 +4,7 @@ The `Predictor` wraps the inference seam (`fcos_jax.inference.make_detect_fn`, s
 exports) with what a user needs around it: decoding (gray, RGBA, CMYK -> RGB, as the input pipeline decodes), the
 evaluation resize (`fcos_jax.data.transforms.resize`, the same TensorFlow ops, so the same pixels), canvas buckets,
 batches padded to a fixed size (one compiled program per canvas, reused), and boxes mapped back to the original
-pixels.
+pixels. Images larger than the model's scale can be predicted in tiles (`fcos_jax.slicing`).
 
 `fcos-predict --checkpoint CKPT INPUTS... --out DIR` draws and writes the detections (fcos_jax.commands.predict).
 """
@@ -17,8 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from fcos_jax import checkpoints, inference
+from fcos_jax import checkpoints, errors, inference
 from fcos_jax import config as config_lib
+from fcos_jax import slicing as slicing_lib
 from fcos_jax.model import fcos
 
 
@@ -96,7 +97,8 @@ class Predictor:
 
   Resizes like evaluation (short side data.eval_short_size, long side <= data.max_size), puts each image on its
   data.canvases bucket, and runs batches of `batch_size` (default eval.batch_size; the last one padded) through one
-  jitted `make_detect_fn`, compiled once per canvas and reused for every later call.
+  jitted `make_detect_fn`, compiled once per canvas and reused for every later call. With a `slicing_lib.Slicing`,
+  the tiles of every image go through the same batches and programs.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, variables: dict, class_names: Sequence[str] | None = None,
@@ -146,19 +148,52 @@ class Predictor:
     from fcos_jax.data import transforms  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     return self.canvases[int(transforms.canvas_index(np.asarray(image_size), self.canvases))]
 
-  def predict(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> list[Prediction]:
-    """Detections of each of `images` (paths, encoded bytes, uint8 arrays; any number), in order.
+  def predict(self, images: Sequence[ImageInput], names: Sequence[str] | None = None,
+              slicing: slicing_lib.Slicing | None = None) -> list[Prediction]:
+    """Detections of each of `images` (paths, encoded bytes, uint8 arrays; any number), in order; with `slicing`,
+    each image is predicted in tiles (see `predict_arrays`).
 
     Unreadable inputs raise UnreadableImageError naming them (`names[i]` if given); nothing is computed then.
     """
     names = names or [None] * len(images)
     loaded = [load_image(item, name) for item, name in zip(images, names)]
-    return self.predict_arrays([image for image, _ in loaded], [name for _, name in loaded])
+    return self.predict_arrays([image for image, _ in loaded], [name for _, name in loaded], slicing)
 
-  def predict_arrays(self, images: Sequence[np.ndarray],
-                     names: Sequence[str] | None = None) -> list[Prediction]:
-    """`predict` for decoded uint8 RGB arrays [h, w, 3]."""
+  def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                     slicing: slicing_lib.Slicing | None = None) -> list[Prediction]:
+    """`predict` for decoded uint8 RGB arrays [h, w, 3].
+
+    With `slicing` (PaddleDetection's slice_infer): each image is cut into the tiles of `slicing_lib.tile_grid`,
+    every tile is predicted as an image of its own (resized to the evaluation scale like any image, on its canvas,
+    batched with the other tiles through the same compiled programs), and the tiles' detections, shifted to the
+    image's pixels, are combined by `slicing_lib.merge`.
+    """
     names = names or [f'image {i}' for i in range(len(images))]
+    if slicing is None:
+      return [self._prediction(*found, image.shape[:2])
+              for image, found in zip(images, self._detect_arrays(images, names))]
+    grids = [slicing_lib.tile_grid(*image.shape[:2], slicing.size, slicing.overlap) for image in images]
+    tiles = [(image[y0:y1, x0:x1], f'{name} (tile at x={x0}, y={y0})')
+             for image, name, grid in zip(images, names, grids) for x0, y0, x1, y1 in grid]
+    found, chunk = [], 16 * self.batch_size  # Tiles resized at once: bounds the memory a large raster takes.
+    for first in range(0, len(tiles), chunk):
+      part = tiles[first:first + chunk]
+      found += self._detect_arrays([tile for tile, _ in part], [name for _, name in part])
+    results, first = [], 0
+    for image, grid in zip(images, grids):
+      parts, first = found[first:first + len(grid)], first + len(grid)
+      boxes = np.concatenate([b + np.tile(origin[:2], 2) for (b, _, _), origin in zip(parts, grid)])
+      scores = np.concatenate([s for _, s, _ in parts])
+      classes = np.concatenate([c for _, _, c in parts])
+      keep = slicing_lib.merge(boxes, scores, classes, slicing)
+      results.append(self._prediction(boxes[keep], scores[keep], classes[keep], image.shape[:2]))
+    return results
+
+  def _prediction(self, boxes, scores, classes, image_size):
+    return Prediction(boxes, scores, classes, [self.class_names[c] for c in classes], tuple(image_size))
+
+  def _detect_arrays(self, images, names):
+    """(boxes float64 [n, 4] in original pixels, scores [n], classes [n]) of each of the uint8 RGB `images`."""
     prepared = []
     for image, name in zip(images, names):
       canvas = self.canvas_of(image.shape[:2])
@@ -184,8 +219,44 @@ class Predictor:
       detections = jax.device_get(detections)
       for slot, i in enumerate(batch_rows):
         keep = detections['valid'][slot]
-        classes = detections['classes'][slot][keep]
-        results[i] = Prediction(inference.to_original_pixels(detections['boxes'][slot][keep], prepared[i][2]),
-                                detections['scores'][slot][keep], classes,
-                                [self.class_names[c] for c in classes], tuple(images[i].shape[:2]))
+        results[i] = (inference.to_original_pixels(detections['boxes'][slot][keep], prepared[i][2]),
+                      detections['scores'][slot][keep], detections['classes'][slot][keep])
     return results
+
+
+def predict_split(predictor: Predictor, source, split: str, num_images: int,
+                  slicing: slicing_lib.Slicing | None = None, skip_bad_images: bool = False):
+  """Yields (image_id, `Prediction`) for the first `num_images` images of `split` of a data source
+  (`fcos_jax.data.sources`), in its order, predicted in groups (their tiles batched together with `slicing`).
+
+  An unreadable image is a DataError naming its file or, with `skip_bad_images`, yields (image_id,
+  UnreadableImageError) in its turn; an image whose size differs from its annotation's is a DataError.
+  """
+  tf = _tf()
+  records = source.records(split).take(num_images).map(
+      lambda r: (r['image_id'], r['file'], r['orig_size'], source.read(r)), num_parallel_calls=tf.data.AUTOTUNE)
+  group = []
+
+  def flush():
+    predictions = predictor.predict_arrays([image for _, _, image in group], [file for _, file, _ in group], slicing)
+    done = [(image_id, found) for (image_id, _, _), found in zip(group, predictions)]
+    group.clear()
+    return done
+
+  for image_id, file, size, encoded in records.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+    file, image_id = file.decode(), int(image_id)
+    try:
+      image = decode(encoded, file)
+    except UnreadableImageError as e:
+      if not skip_bad_images:
+        raise errors.DataError(f'{e} (data.skip_bad_images=true scores unreadable images as missed)') from None
+      yield image_id, e
+      continue
+    if image.shape[:2] != tuple(size):
+      raise errors.DataError(f'Image {file} is {image.shape[0]}x{image.shape[1]} but its annotation says '
+                             f'{size[0]}x{size[1]}')
+    group.append((image_id, file, image))
+    if len(group) == 4 * predictor.batch_size:
+      yield from flush()
+  if group:
+    yield from flush()

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from fcos_jax import atomic, checkpoints, draw, errors, eval_lib, predict, progress
+from fcos_jax import atomic, checkpoints, draw, errors, eval_lib, predict, progress, slicing
 from fcos_jax.commands import harness
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
@@ -39,7 +39,7 @@ def _unique_name(file, taken):
   return name
 
 
-def _predict(args, config, out):
+def _predict(args, config, out, sliced):
   """Detects, draws and writes into directory `out`; returns the exit status."""
   files, unmatched = expand_inputs(args.inputs)
   skipped = [f'{p}: no such file, folder or matching image' for p in unmatched]
@@ -56,7 +56,7 @@ def _predict(args, config, out):
       except (predict.UnreadableImageError, ValueError) as e:
         skipped.append(str(e))
         print(f'\nskipping {e}', file=sys.stderr)
-    predictions = predictor.predict_arrays([image for _, image in loaded], [file for file, _ in loaded])
+    predictions = predictor.predict_arrays([image for _, image in loaded], [file for file, _ in loaded], sliced)
     for (file, image), pred in zip(loaded, predictions):
       image_id, name = len(images), _unique_name(file, taken)
       images.append({'id': image_id, 'file_name': os.path.abspath(file), 'height': pred.image_size[0],
@@ -90,21 +90,25 @@ def main(argv: list[str] | None = None) -> int:
   parser = harness.make_parser(
       'fcos-predict', 'Detect objects in images with an fcos_jax checkpoint; writes OUT/NAME.jpg with the '
       'detections drawn, OUT/results.json (COCO results, all detections) and OUT/images.json (image_id -> file, '
-      'size), plus OUT/NAME.json per image with --per-image-json. Every file is written whole, when all are done.')
+      'size), plus OUT/NAME.json per image with --per-image-json. Every file is written whole, when all are done. '
+      'Images larger than the model\'s scale: --slice-size H W predicts them in tiles.')
   parser.add_argument('inputs', nargs='+', help='image files, folders (searched recursively) or glob patterns')
   parser.add_argument('--checkpoint', required=True, help='checkpoint directory (training run or converted)')
   parser.add_argument('--out', required=True, help='output directory (created)')
   parser.add_argument('--threshold', type=float, default=0.3, help='score threshold for drawing and per-image json')
   parser.add_argument('--per-image-json', action='store_true', help='also write OUT/NAME.json for every image')
-  parser.add_argument('--batch-size', type=int, default=None, help='images per batch (default eval.batch_size)')
+  parser.add_argument('--batch-size', type=int, default=None, help='images (or tiles) per batch (default '
+                      'eval.batch_size)')
+  slicing.add_arguments(parser)
 
   def run(args, config):
     harness.check_output_directory(args.out, '--out')
+    sliced = slicing.from_arguments(args)
     if not expand_inputs(args.inputs)[0]:
       raise errors.MissingFileError(f'no images to read: {" ".join(args.inputs)} name no file, folder or matching '
                                     'image')
     with atomic.directory(args.out) as out:
-      return _predict(args, config, out)
+      return _predict(args, config, out, sliced)
 
   return harness.run(run, parser, argv, lambda args: checkpoints.config_from_checkpoint(args.checkpoint),
                      uses='predict')
