@@ -321,8 +321,9 @@ class SlicedEvaluator(Evaluator):
     self.source, self.config, self.sliced = sources.make_source(config), config, sliced
     super().__init__(config, model, mesh, class_names, self.source)
 
-  def _predict(self, variables):
-    """(COCO result dicts, ids of the images evaluated, count of unreadable images), as `Evaluator._predict`."""
+  def _predict(self, variables, num_pictures=0):
+    """(COCO result dicts, ids of the images evaluated, count of unreadable images, no pictures), as
+    `Evaluator._predict`; it runs in fcos-evaluate, which draws no TensorBoard pictures (`num_pictures` is 0)."""
     from fcos_jax import predict  # pylint: disable=g-import-not-at-top  (TensorFlow)
     info, start = self.info, time.perf_counter()
     results, image_ids, num_unreadable = [], list(info.missing_image_ids), len(info.missing_image_ids)
@@ -342,7 +343,7 @@ class SlicedEvaluator(Evaluator):
       progress.show(sys.stdout, 'evaluating in tiles', len(image_ids), info.num_images,
                     f'{len(image_ids)}/{info.num_images} images, {rate:.1f} img/s')
     print(flush=True)
-    return results, image_ids, num_unreadable
+    return results, image_ids, num_unreadable, []
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
