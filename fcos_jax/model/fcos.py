@@ -90,7 +90,7 @@ def reference_extent(sizes, pad_stride, group=1):
   """
   sizes = sizes.astype(jnp.int32)
   n = sizes.shape[0]
-  group = math.gcd(group, n)
+  group = math.gcd(group, n) if group > 1 else 1  # Group 1 (evaluation, exports) leaves N symbolic.
   if group > 1:
     sizes = jnp.repeat(jnp.max(sizes.reshape(n // group, group, 2), axis=1), group, axis=0)
   return (sizes + pad_stride - 1) // pad_stride * pad_stride
