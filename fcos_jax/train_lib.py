@@ -241,7 +241,8 @@ def _prepare(config, workdir):
 
 def _restore(config, manager, state, shardings, data_iterator, say):
   """`state` from the latest checkpoint of the run (and the input's position into `data_iterator`), else with the
-  weights of train.init_checkpoint, else as it is."""
+  weights of train.init_checkpoint (its backbone, or with train.init_backbone_only=false all that fits: what does
+  not keeps the fresh initialisation, and one line names it), else as it is."""
   restored = checkpoints.restore(manager, _variables(state), _train_items(state), data_iterator,
                                  fallback=config.train.resume_fallback)
   if restored is not None:
@@ -250,8 +251,12 @@ def _restore(config, manager, state, shardings, data_iterator, say):
                                       opt_state=train['opt_state']), shardings)
     say(f'Resumed from step {int(state.step)}.')
   elif config.train.init_checkpoint:
-    loaded = checkpoints.load_variables(config.train.init_checkpoint, _variables(state),
-                                        config.train.init_backbone_only)
+    if config.train.init_backbone_only:
+      loaded = checkpoints.load_variables(config.train.init_checkpoint, _variables(state), backbone_only=True)
+    else:
+      loaded, note = checkpoints.load_fitting(config.train.init_checkpoint, _variables(state))
+      if note:
+        say(note)
     state = jax.device_put(state.replace(params=loaded['params'], frozen=loaded['frozen']), shardings)
   return state
 
