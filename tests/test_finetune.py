@@ -135,7 +135,8 @@ def test_fcos_train_fine_tunes_a_converted_detector_onto_one_class(paddle_detect
              f'--config.train.init_checkpoint={paddle_detector}', '--config.train.init_backbone_only=false',
              '--config.train.batch_size=2', '--config.train.num_steps=1', '--config.train.final_eval=false',
              '--config.train.eval_every=0', '--config.optimizer.lr=1e-30', '--config.data.short_sizes=(96,)',
-             '--config.data.max_size=128', '--config.data.canvases=((128, 128),)', cwd=tmp_path)
+             '--config.data.eval_short_size=96', '--config.data.max_size=128', '--config.data.canvases=((128, 128),)',
+             cwd=tmp_path)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   lines = [line for line in proc.stdout.splitlines() if line.startswith('Fine-tuning from')]
   assert len(lines) == 1 and lines[0].endswith(
