@@ -73,12 +73,20 @@ def test_a_backbone_that_does_not_fit_is_an_error(tmp_path):
       'model (7, 7, 3, 8)' in lines[1] and len(lines) == 2
 
 
+def trainable(state, variance):
+  """A fake state whose network computes finite numbers: positive variances, convs scaled by 1 / sqrt(fan-in)."""
+  def fix(key, x):
+    if key.endswith(variance):
+      return np.abs(x) + 1
+    return (x / np.sqrt(np.prod(x.shape[1:]))).astype(x.dtype) if x.ndim == 4 else x
+  return {key: fix(key, x) for key, x in state.items()}
+
+
 @pytest.fixture(scope='module')
 def paddle_detector(tmp_path_factory):
   """A converted seeded-random PaddleDetection FCOS R50-FPN (80 COCO classes) and the state it came from."""
   folder = tmp_path_factory.mktemp('paddle')
-  entries = ppdet_fcos()
-  state = fake_state(entries, seed=3)
+  state = trainable(fake_state(ppdet_fcos(), seed=3), variance='_variance')
   write_pdparams(folder / 'fcos.pdparams', state)
   fcos_convert.main(['paddle', str(folder / 'fcos.pdparams'), str(folder / 'ckpt'), '--arch', 'fcos_r50'])
   return folder / 'ckpt'
@@ -90,6 +98,7 @@ def r50_one_class():
   return m
 
 
+@pytest.mark.slow  # ResNet-50: about a minute on 2 cores.
 def test_converted_detectors_fine_tune_onto_one_class(paddle_detector, tmp_path, monkeypatch):
   """PaddleDetection's: only the classifier is new. torchvision's: the classifier, and the per-level scales that
   its head does not have when the model keeps them (Paddle's head)."""
@@ -102,7 +111,7 @@ def test_converted_detectors_fine_tune_onto_one_class(paddle_detector, tmp_path,
       'params/fcos_head/fcos_head_cls/kernel: checkpoint (3, 3, 256, 80) vs model (3, 3, 256, 1).' in note
 
   with monkeypatch.context() as m:
-    write_torch_zip(tmp_path / 'tv.pth', fake_state(torchvision_fcos(), seed=4), m)
+    write_torch_zip(tmp_path / 'tv.pth', trainable(fake_state(torchvision_fcos(), seed=4), 'running_var'), m)
   fcos_convert.main(['torchvision', str(tmp_path / 'tv.pth'), str(tmp_path / 'tv'), '--arch', 'fcos_r50'])
   loaded, note = checkpoints.load_fitting(str(tmp_path / 'tv'), initial)
   scales = tuple(f'params/fcos_head/p{level}_feat/scale_reg' for level in range(3, 8))
@@ -126,6 +135,7 @@ def one_class_dataset(root):
     path.write_text(json.dumps(data))
 
 
+@pytest.mark.slow  # ResNet-50's train step compiles in minutes on 2 cores.
 def test_fcos_train_fine_tunes_a_converted_detector_onto_one_class(paddle_detector, tmp_path):
   """As a user runs it: fcos-train from another directory, the converted 80-class COCO detector onto a 1-class
   dataset. The learning rate is tiny (1e-30), so the step's checkpoint holds what was loaded."""
