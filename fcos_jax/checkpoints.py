@@ -286,6 +286,39 @@ def flatten(tree: Any) -> dict:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _in_backbone(name):
+  return name.split('/')[1] == 'backbone'
+
+
+def _misfits(raw, want, in_scope):
+  """(missing, unexpected, mis-shaped) names among those `in_scope` of the flat checkpoint `raw` and model `want`."""
+  missing = sorted(n for n in want if in_scope(n) and n not in raw)
+  unexpected = sorted(n for n in raw if in_scope(n) and n not in want)
+  misshaped = sorted(n for n in want if in_scope(n) and n in raw and tuple(np.shape(raw[n])) != tuple(want[n].shape))
+  return missing, unexpected, misshaped
+
+
+def _shapes(names, raw, want):
+  return [f'{n}: checkpoint {tuple(np.shape(raw[n]))} vs model {tuple(want[n].shape)}' for n in names]
+
+
+def _does_not_fit(title, raw, want, missing, unexpected, misshaped):
+  """A DataError listing what does not fit under `title`, or None if everything fits."""
+  if not (missing or unexpected or misshaped):
+    return None
+  lines = [title]
+  for kind, names in (('missing', missing), ('unexpected', unexpected),
+                      ('mis-shaped', _shapes(misshaped, raw, want))):
+    if names:
+      lines.append(f'  {kind} ({len(names)}): ' + ', '.join(names[:20]) + (' ...' if len(names) > 20 else ''))
+  return errors.DataError('\n'.join(lines))
+
+
+def _unflatten(like, flat):
+  """The tree of `like` with the leaves of `flat` (`flatten`'s names, in its order)."""
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), list(flat.values()))
+
+
 def load_variables(path, abstract_variables, backbone_only=False):
   """{'params', 'frozen'} from the checkpoint at `path`, checked name by name against `abstract_variables`.
 
@@ -293,22 +326,38 @@ def load_variables(path, abstract_variables, backbone_only=False):
   `abstract_variables` (which must then be real arrays). Missing, unexpected or mis-shaped entries raise
   DataError (a ValueError) listing their names: nothing is silently left at its initial value.
   """
-  raw = flatten(_read_raw_variables(path))
-  want = flatten(abstract_variables)
-  in_scope = lambda name: not backbone_only or name.split('/')[1] == 'backbone'  # noqa: E731
-  missing = sorted(n for n in want if in_scope(n) and n not in raw)
-  unexpected = sorted(n for n in raw if in_scope(n) and n not in want)
-  misshaped = sorted(f'{n}: checkpoint {tuple(np.shape(raw[n]))} vs model {tuple(want[n].shape)}'
-                     for n in want if in_scope(n) and n in raw and tuple(np.shape(raw[n])) != tuple(want[n].shape))
-  if missing or unexpected or misshaped:
-    lines = [f'Checkpoint {path} does not fit the model:']
-    for title, names in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)):
-      if names:
-        lines.append(f'  {title} ({len(names)}): ' + ', '.join(names[:20]) + (' ...' if len(names) > 20 else ''))
-    raise errors.DataError('\n'.join(lines))
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_variables)
-  values = []
-  for p, leaf in leaves:
-    name = '/'.join(str(getattr(k, 'key', k)) for k in p)
-    values.append(np.asarray(raw[name], np.float32) if in_scope(name) else leaf)
-  return jax.tree_util.tree_unflatten(treedef, values)
+  raw, want = flatten(_read_raw_variables(path)), flatten(abstract_variables)
+  in_scope = _in_backbone if backbone_only else (lambda name: True)
+  error = _does_not_fit(f'Checkpoint {path} does not fit the model:', raw, want, *_misfits(raw, want, in_scope))
+  if error:
+    raise error
+  return _unflatten(abstract_variables, {n: np.asarray(raw[n], np.float32) if in_scope(n) else leaf
+                                         for n, leaf in want.items()})
+
+
+def load_fitting(path, initial):
+  """Fine-tuning from any detector: (variables, note). Every entry of the checkpoint at `path` that fits the model
+  is loaded; outside the backbone, a tensor that does not (another number of classes, a head option the checkpoint
+  lacks) keeps its value in `initial` (the model's fresh initialisation), and checkpoint entries the model lacks are
+  left out. `note`: one line naming each such tensor, None if everything fit. The backbone must fit exactly: if it
+  does not, DataError lists what does not fit, as `load_variables` does.
+  """
+  raw, want = flatten(_read_raw_variables(path)), flatten(initial)
+  error = _does_not_fit(f'The backbone of checkpoint {path} does not fit the model (only tensors outside the '
+                        'backbone are re-initialised when they do not fit):', raw, want,
+                        *_misfits(raw, want, _in_backbone))
+  if error:
+    raise error
+  missing, unexpected, misshaped = _misfits(raw, want, lambda name: not _in_backbone(name))
+  fresh = set(missing) | set(misshaped)
+  variables = _unflatten(initial, {n: leaf if n in fresh else np.asarray(raw[n], np.float32)
+                                   for n, leaf in want.items()})
+  if not (fresh or unexpected):
+    return variables, None
+  parts = [f'Fine-tuning from {path}: loaded {len(want) - len(fresh)} of {len(want)} tensors']
+  if fresh:
+    parts.append(f're-initialised {len(fresh)} that do not fit: ' + ', '.join(
+        _shapes(misshaped, raw, want) + [f'{n}: not in the checkpoint' for n in missing]))
+  if unexpected:
+    parts.append(f'left out {len(unexpected)} the model lacks: ' + ', '.join(unexpected))
+  return variables, '; '.join(parts) + '.'

@@ -166,7 +166,9 @@ def _train_defaults():
   t.stop_sync_every = 10
   t.resume_fallback = False  # If the newest checkpoint cannot be restored, resume from the newest one that can.
   t.init_checkpoint = ''  # Orbax checkpoint (e.g. converted ImageNet ResNet) to initialise from.
-  t.init_backbone_only = True  # Take only the backbone from init_checkpoint (e.g. ImageNet weights).
+  # Take only the backbone from init_checkpoint (e.g. ImageNet weights). False: fine-tune from a detector, loading all
+  # that fits; head tensors that do not (e.g. another number of classes) are re-initialised, and named.
+  t.init_backbone_only = True
   t.coordinator_address = ''  # Multi-process: 'host:port' of process 0; empty for one process (or auto-detect below).
   t.num_processes = 0  # With coordinator_address: the number of processes.
   t.process_id = -1  # With coordinator_address: this process's index.
