@@ -130,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   processes save checkpoints together. SIGTERM or SIGINT on any process saves the same step everywhere and returns.
   An input error (a file unreadable or gone; one process) saves the last completed step and raises InputError.
   """
-  from fcos_jax.data import iterator  # pylint: disable=g-import-not-at-top  (TensorFlow: the step builders run without it)
+  from fcos_jax.data import iterator  # pylint: disable=g-import-not-at-top  (TensorFlow: see _prepare)
   run = _prepare(config, workdir)
   t = config.train
   state = run.state
@@ -374,7 +374,7 @@ def _train_items(state: TrainState) -> dict:
   return {'step': state.step, 'opt_state': state.opt_state}
 
 
-def _check_finite(step, metrics):
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
   bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
     raise FloatingPointError(
@@ -383,24 +383,24 @@ def _check_finite(step, metrics):
         f'optimizer.grad_clip_norm set, by running the same command again.')
 
 
-def _duration(seconds):
+def _duration(seconds: float) -> str:
   if not np.isfinite(seconds):
     return '-'
   seconds = int(round(seconds))
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def _format(step, num_steps, metrics, images_per_s, eta_s):
+def _format(step: int, num_steps: int, metrics: dict[str, float], images_per_s: float, eta_s: float) -> str:
   return (f'step {step}/{num_steps} | loss {metrics["loss"]:.4f} (cls {metrics["cls"]:.4f} box {metrics["box"]:.4f}'
           f' quality {metrics["quality"]:.4f}) | pos {metrics["num_pos"]:.0f} | grad {metrics["grad_norm"]:.3f}'
           f' | lr {metrics["lr"]:.2e} | {_rate(images_per_s)} img/s | ETA {_duration(eta_s)}')
 
 
-def _rate(images_per_s):
+def _rate(images_per_s: float) -> str:
   return f'{images_per_s:.1f}' if np.isfinite(images_per_s) else '-'
 
 
-def _describe(config, mesh):
+def _describe(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> str:
   m, t = config.model, config.train
   dcn = f', DCN in res{list(m.dcn_stages)} / head {m.dcn_head}' if m.dcn_stages or m.dcn_head != 'none' else ''
   k = t.grad_accum_steps
