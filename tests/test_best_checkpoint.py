@@ -75,8 +75,7 @@ def test_best_is_the_better_evaluation_and_fcos_evaluate_scores_its_ap(data_root
   config = config_with_evaluations(root, num_steps=3, eval_every=1, checkpoint_every=1, keep_checkpoints=1)
   train_lib.train_and_evaluate(config, str(workdir))
   aps = evaluated(workdir)
-  print('AP by step:', aps)
-  assert set(aps) == {1, 2, 3} and aps[1] > 0, aps
+  assert set(aps) == {1, 2, 3} and aps[1] > 0 and len(set(aps.values())) > 1, aps  # 0.0325, 0.0083, 0 seen.
   best = read_best(workdir)
   assert best['step'] == max(aps, key=lambda s: (aps[s], -s)) and best['best_metric'] == 'AP'  # Ties: the earliest.
   assert best['metrics']['AP'] == aps[best['step']]
