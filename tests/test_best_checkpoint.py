@@ -6,6 +6,7 @@ it; an unknown metric name is a config error."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -16,7 +17,6 @@ import pytest
 from fcos_jax import config as config_lib
 from fcos_jax import eval_lib, train_lib
 from fcos_jax.model import fcos
-from test_resume import stop_at_batch
 from test_train import data_root, tiny_config  # noqa: F401  (data_root is a fixture)
 
 BIN = os.path.dirname(sys.executable)
@@ -95,8 +95,16 @@ def test_best_is_the_better_evaluation_and_fcos_evaluate_scores_its_ap(data_root
 def test_the_best_so_far_survives_sigterm_and_resume(data_root, tmp_path, monkeypatch, capsys):  # noqa: F811
   workdir = str(tmp_path)
   config = config_with_evaluations(data_root, num_steps=4, eval_every=1, checkpoint_every=100, final_eval=False)
-  with monkeypatch.context() as patch:
-    stop_at_batch(patch, 3)  # SIGTERM when the 3rd batch is asked for: evaluations at steps 1 and 2, saved at 2.
+  evaluate = eval_lib.Evaluator.run
+
+  def evaluate_then_sigterm(self, variables, workdir, step=None):
+    results = evaluate(self, variables, workdir, step)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return results
+
+  with monkeypatch.context() as patch:  # SIGTERM right after the evaluation at step 2: the run saves step 2.
+    patch.setattr(eval_lib.Evaluator, 'run', evaluate_then_sigterm)
     train_lib.train_and_evaluate(config, workdir)
   assert 'SIGTERM: saved a checkpoint at step 2' in capsys.readouterr().out
   aps = evaluated(workdir)
