@@ -161,6 +161,9 @@ def _train_defaults():
   t.final_eval = True  # Evaluate when training ends.
   t.checkpoint_every = 5000
   t.keep_checkpoints = 3
+  # WORKDIR/best/ keeps the checkpoint of the evaluation with the highest value of this COCO metric (one of
+  # COCO_METRICS); '' keeps none.
+  t.best_metric = 'AP'
   # SIGTERM/SIGINT: one process stops after the step running and at most the one queued behind it. Several processes
   # agree on a stop every this many steps and at log steps (one small collective), so they stop within that many.
   t.stop_sync_every = 10
@@ -215,6 +218,7 @@ FOLDER_SOURCES = {'folder': 'COCO-format', 'voc': 'Pascal VOC', 'yolo': 'YOLO'} 
 RESIZE_SIDES = ('auto', 'host', 'device')
 RESIZE_MODES = ('paddle', 'torchvision')
 EVAL_BACKENDS = ('faster', 'pycocotools')
+COCO_METRICS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7 of the FPN: the only pyramid the model builds.
 
 
@@ -345,7 +349,7 @@ def _check_values(check, config):
                         ('model.dtype', DTYPES), ('loss.quality', LOSS_QUALITIES),
                         ('postprocess.method', POSTPROCESS_METHODS), ('data.source', DATA_SOURCES),
                         ('data.resize_on', RESIZE_SIDES), ('data.resize_mode', RESIZE_MODES),
-                        ('eval.backend', EVAL_BACKENDS)):
+                        ('eval.backend', EVAL_BACKENDS), ('train.best_metric', ('',) + COCO_METRICS)):
     check.one_of(path, allowed)
   check.at_least(1, 'model.stem_width', 'model.num_classes', 'model.fpn_channels', 'model.head_convs',
                  'model.gn_groups', 'data.eval_short_size', 'data.max_size', 'data.max_boxes', 'train.batch_size',

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # For the annotations only: it imports TensorFlow, which make
   from fcos_jax.data import sources
 
 # The order of COCOeval.stats for boxes.
-METRIC_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+METRIC_NAMES = config_lib.COCO_METRICS
 
 
 def detections_to_coco(detections: dict, batch: dict, label_to_category: Sequence[int],

@@ -1,9 +1,11 @@
 """The fault matrix (slow: `make test-slow`): real `train.py` processes are killed or stopped at awkward moments, or
-lose their newest checkpoint or their disk, and each case ends with a run of the same command whose parameters
-equal, to the bit, those of one uninterrupted run. The default suite's short version is test_resume.py."""
+lose their newest checkpoint, their disk or an image file, and each case ends with a run of the same command whose
+parameters equal, to the bit, those of one uninterrupted run. The default suite's short version is test_resume.py."""
 
 import os
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +145,31 @@ def test_disk_full_during_a_save(setup, tmp_path):
   assert 'File too large' in failed.stderr or 'EFBIG' in failed.stderr or 'too large' in failed.stderr.lower(), (
       failed.stderr[-3000:])
   assert_recovered(setup, tmp_path / 'w')
+
+
+def test_an_image_that_disappears_mid_run(setup, tmp_path):
+  """An image file deleted while the train step compiles (its first epoch's read already done): a later epoch's read
+  fails; the run saves its last completed step and names the file in one line (exit status 2), and once the file is
+  back the same command ends like the uninterrupted run."""
+  context = {**setup, 'root': tmp_path / 'data'}
+  shutil.copytree(setup['root'], context['root'])
+  image = sorted((context['root'] / 'train').iterdir())[0]
+  kept = image.read_bytes()
+  proc = start(context, tmp_path / 'w')
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith('Compiling the train step'):
+      image.unlink()
+      break
+  rest, _ = proc.communicate(timeout=600)
+  output = ''.join(lines) + rest
+  assert proc.returncode == 2 and 'Traceback' not in output, output[-3000:]
+  error = output.strip().splitlines()[-1]
+  stopped = re.fullmatch(rf'fcos-train: error: Input pipeline: {re.escape(str(image))}; No such file or directory\. '
+                         r'Training stopped after step (\d+), which is saved: fix the file and run the same command '
+                         r'to resume\.', error)
+  assert stopped, error
+  assert checkpoints.manager(str(tmp_path / 'w' / 'checkpoints')).latest_step() == int(stopped.group(1))
+  image.write_bytes(kept)
+  assert_recovered(context, tmp_path / 'w')

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from fcos_jax import eval_lib
+from fcos_jax import checkpoints, eval_lib
 from fcos_jax.data import iterator
 from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
@@ -23,6 +23,7 @@ from fcos_jax.recipes import shapes
 from test_train import scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
 CANVASES = ((256, 256), (256, 128))  # Landscape, portrait.
 TINY = ['--config.data.generate_synthetic=false', '--config.data.short_sizes=(128,)',
         '--config.data.eval_short_size=128', '--config.data.max_size=192', f'--config.data.canvases={CANVASES}',
@@ -61,7 +62,8 @@ def train(tmp_path, root, *extra, **popen):
                           **popen)
 
 
-def test_a_canvas_whose_only_image_is_unreadable_stops_with_its_name(data_root, tmp_path):
+def only_portrait_unreadable(data_root, tmp_path):
+  """A copy of the dataset whose portrait canvas has one image, truncated -> (root, that image's json entry)."""
   root = copy_of(data_root, tmp_path)
   dataset = load_json(root, 'train')
   portrait = [im for im in dataset['images'] if im['height'] > im['width']]
@@ -72,6 +74,11 @@ def test_a_canvas_whose_only_image_is_unreadable_stops_with_its_name(data_root, 
   with open(os.path.join(root, 'annotations', 'instances_train.json'), 'w') as f:
     json.dump(dataset, f)
   truncate(os.path.join(root, 'train', only['file_name']))
+  return root, only
+
+
+def test_a_canvas_whose_only_image_is_unreadable_stops_with_its_name(data_root, tmp_path):
+  root, only = only_portrait_unreadable(data_root, tmp_path)
   # Seed 7 draws the portrait canvas first (seed 0, the default, at the 37th batch): the error comes before compiling.
   proc = train(tmp_path, root, '--config.data.skip_bad_images=true', '--config.train.num_steps=1000',
                '--config.seed=7')
@@ -80,10 +87,36 @@ def test_a_canvas_whose_only_image_is_unreadable_stops_with_its_name(data_root, 
   finally:
     proc.kill()
   assert proc.returncode not in (0, None), output[-3000:]
-  assert re.search(r'ValueError: Input pipeline: No readable image in canvas 256x128 of split train \(1 image\(s\) '
-                   r'or fewer; 1 unreadable in a row\): \S+/train/' + only['file_name'] + r' \(image_id \d+\): '
-                   'truncated JPEG', output), output[-3000:]
+  assert re.search(r'fcos-train: error: Input pipeline: No readable image in canvas 256x128 of split train '
+                   r'\(1 image\(s\) or fewer; 1 unreadable in a row\): \S+/train/' + only['file_name']
+                   + r' \(image_id \d+\): truncated JPEG', output), output[-3000:]
   assert 'EagerPyFunc' not in output and output.count('Skipping unreadable image') <= 1
+
+
+def test_an_input_error_mid_run_saves_the_last_step_and_the_fixed_rerun_resumes(data_root, tmp_path):
+  """The portrait canvas's only image unreadable: seed 8 draws that canvas for the 3rd batch. fcos-train saves step 2,
+  names the file in one line and exits with status 2; with the file restored, the same command resumes from step 2
+  and finishes (step 3, the portrait canvas's first)."""
+  root, only = only_portrait_unreadable(data_root, tmp_path)
+  image = os.path.join(root, 'train', only['file_name'])
+  command = [os.path.join(BIN, 'fcos-train'), '--config=shapes', f'--workdir={tmp_path / "work"}',
+             f'--config.data.root={root}', *TINY, '--config.data.skip_bad_images=true', '--config.seed=8',
+             '--config.train.num_steps=3', '--config.train.final_eval=false']
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'PYTHONPATH', 'FCOS_JAX_DEBUG')}
+  failed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+  assert failed.returncode == 2, failed.stdout[-2000:] + failed.stderr[-3000:]
+  assert 'Traceback' not in failed.stderr and 'step 2/3 | loss' in failed.stdout, failed.stderr[-3000:]
+  error = failed.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(r'fcos-train: error: Input pipeline: No readable image in canvas 256x128 of split train .*: '
+                      + re.escape(f'{image} (image_id {only["id"]}): truncated JPEG (no end-of-image marker). ')
+                      + r'Training stopped after step 2, which is saved: fix the file and run the same command to '
+                      r'resume\.', error), error
+  assert checkpoints.manager(str(tmp_path / 'work' / 'checkpoints')).latest_step() == 2
+  shutil.copy(os.path.join(data_root, 'train', only['file_name']), image)  # The file fixed.
+  resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+  assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+  assert 'Resumed from step 2.' in resumed.stdout and 'step 3/3 | loss' in resumed.stdout, resumed.stdout[-2000:]
+  assert checkpoints.manager(str(tmp_path / 'work' / 'checkpoints')).latest_step() == 3
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])

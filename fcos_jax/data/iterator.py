@@ -11,6 +11,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from fcos_jax import errors
+
 SUMMARY_FILES = 5  # Files named in a summary of the skipped ones.
 
 @dataclasses.dataclass
@@ -44,6 +46,22 @@ class InputStats:
     first = list(self.skipped)[:SUMMARY_FILES]
     return (f'Skipped {self.skipped_images} unreadable image(s) (data.skip_bad_images): ' + '; '.join(first)
             + ('; ...' if self.skipped_images > len(first) else ''))
+
+
+class InputError(errors.DataError):
+  """The input pipeline failed on a file (unreadable, gone, or a canvas with no readable image): one line naming it.
+  The iterator's position is that of the last batch returned: saved, a rerun with the file fixed goes on from it."""
+
+
+def _input_problem(message):
+  """The first line of a tf.data error `message`, without TensorFlow's node and iterator prefixes: the file and
+  what is wrong with it."""
+  found = re.search(r'assertion failed: \[(.*?)\]', message, re.S)
+  if found:
+    return found.group(1)
+  line = message.strip().splitlines()[0] if message.strip() else message
+  line = re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', line)
+  return re.sub(r'^Error in user-defined function .*? with iterator: \S+: ', '', line)
 
 
 class Interrupted(Exception):
@@ -133,8 +151,7 @@ class BatchIterator(tf.Module):
     if isinstance(batch, StopIteration):
       raise StopIteration
     if isinstance(batch, tf.errors.OpError):
-      found = re.search(r'assertion failed: \[(.*?)\]', batch.message, re.S)
-      raise ValueError(f'Input pipeline: {found.group(1) if found else batch.message}') from None
+      raise InputError(f'Input pipeline: {_input_problem(batch.message)}') from None
     if isinstance(batch, BaseException):
       raise batch
     for key in ('skipped', 'problem'):  # Messages of unreadable images: [B, K] (training) or [B] (evaluation).
