@@ -128,7 +128,7 @@ class Evaluator:
     detections but count: their ground truth is missed.
     """
     results, image_ids, num_unreadable = self._predict(jax.device_put(variables, runtime.replicated(self.mesh)))
-    if jax.process_index() != 0:
+    if not runtime.is_main_process():
       return {}
     suffix = '' if step is None else f'_step{step}'
     os.makedirs(workdir, exist_ok=True)
@@ -161,7 +161,7 @@ class Evaluator:
       unreadable = np.asarray(out['unreadable'], bool)
       image_ids.extend(np.asarray(out['image_id'])[np.asarray(out['mask'], bool) | unreadable].tolist())
       num_unreadable += int(unreadable.sum())
-      if jax.process_index() == 0:
+      if runtime.is_main_process():
         rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
         progress.show(sys.stdout, 'evaluating', done, info.num_batches,
                       f'{done}/{info.num_batches} batches, {len(image_ids)} images, {rate:.1f} img/s')
@@ -175,7 +175,7 @@ class Evaluator:
       pending, dispatched = out, dispatched + 1
     if pending is not None:
       collect(pending, dispatched)
-    if jax.process_index() == 0:
+    if runtime.is_main_process():
       print(flush=True)
     return results, image_ids, num_unreadable
 

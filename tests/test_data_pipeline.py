@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax import runtime
 from fcos_jax.data import iterator
 from fcos_jax.data import pipeline
@@ -323,20 +324,20 @@ def test_eval_on_fewer_categories_leaves_the_other_classes_unscored(root, tmp_pa
   config = relabelled(root, tmp_path, [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross'])
   _, info = pipeline.make_eval_dataset(config, class_names=NAMES)
   assert info.label_to_category == (1, 3, 7, -1, 12)
-  with pytest.raises(config_lib.ConfigError, match='The val split has 4 categories but model.num_classes is 5'):
+  with pytest.raises(errors.ConfigError, match='The val split has 4 categories but model.num_classes is 5'):
     pipeline.make_eval_dataset(config)  # Names unknown: positions need every category.
 
 
 def test_eval_stops_on_categories_the_model_does_not_know(root, tmp_path):
   config = relabelled(root, tmp_path, [(c, c, 'hexagon' if name == 'diamond' else name)
                                        for c, name, _ in synthetic.CATEGORIES])
-  with pytest.raises(config_lib.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     pipeline.make_eval_dataset(config, class_names=NAMES)
   assert str(error.value).splitlines() == [
       "Split 'val': The dataset's categories do not match the model's classes by name:",
       "  dataset categories the model does not know (1): 12 'hexagon'; the model knows: rectangle, ellipse, "
       'triangle, cross, diamond']
-  with pytest.raises(config_lib.ConfigError, match='The model has 4 class names but model.num_classes is 5'):
+  with pytest.raises(errors.ConfigError, match='The model has 4 class names but model.num_classes is 5'):
     pipeline.make_eval_dataset(make_config(root), class_names=NAMES[:4])
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax.data import annotations, decoding, iterator, sources, transforms
 
 _ESTIMATE_IMAGES = 1000  # Images whose orientation estimates the bucket mix of a TFDS training split.
@@ -66,7 +67,7 @@ def _options(dataset, config):
 def _check_classes(source, split, config):
   n = len(source.category_ids(split))
   if n != config.model.num_classes:
-    raise config_lib.ConfigError(f'The {split} split has {n} categories but model.num_classes is '
+    raise errors.ConfigError(f'The {split} split has {n} categories but model.num_classes is '
                                  f'{config.model.num_classes}.')
 
 
@@ -78,13 +79,13 @@ def _label_to_category(source, split, config, class_names):
     _check_classes(source, split, config)
     return tuple(source.category_ids(split))
   if len(class_names) != config.model.num_classes:
-    raise config_lib.ConfigError(f'The model has {len(class_names)} class names but model.num_classes is '
+    raise errors.ConfigError(f'The model has {len(class_names)} class names but model.num_classes is '
                                  f'{config.model.num_classes}.')
   categories = [{'id': i, 'name': n} for i, n in zip(source.category_ids(split), source.class_names(split))]
   try:
     return annotations.label_to_category(class_names, categories)
   except ValueError as e:
-    raise config_lib.ConfigError(f'Split {split!r}: {e}') from e
+    raise errors.ConfigError(f'Split {split!r}: {e}') from e
 
 
 def _bucket_weights(source, config, split, process_count):
