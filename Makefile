@@ -16,12 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	.venv-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	touch $@
 
-.PHONY: demo test test-slow bench gpu-wheels
+.PHONY: demo test test-fast test-slow bench gpu-wheels
 demo: $(VENV)/.installed  ## Generate the shapes dataset, train on CPU, evaluate, print COCO AP.
 	$(VENV)/bin/python train.py --config=configs/shapes.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed  ## The default test suite (CI).
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(VENV)/.installed  ## The unit tier (tests marked fast) on one device, under 3 minutes: the edit-test loop.
+	FCOS_TEST_DEVICES=1 $(VENV)/bin/python -m pytest -q -m 'fast and not slow' --durations=5
 
 test-slow: $(VENV)/.installed  ## Longer end-to-end tests, not in CI.
 	$(VENV)/bin/python -m pytest -q -m slow

@@ -11,6 +11,8 @@ from fcos_jax import errors
 from fcos_jax.model import resnet
 from fcos_jax.recipes import shapes
 
+pytestmark = pytest.mark.fast
+
 
 def problems_of(config, num_devices=None):
   with pytest.raises(errors.ConfigError) as e:

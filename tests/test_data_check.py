@@ -31,8 +31,8 @@ def _json_path(root, split='train'):
 
 
 @pytest.fixture(scope='module')
-def clean(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp('clean')), num_train=12, num_val=2)
+def clean(shapes_dataset):
+  return shapes_dataset(12, 2)
 
 
 @pytest.fixture(scope='module')

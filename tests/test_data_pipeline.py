@@ -26,8 +26,8 @@ COLOURS = np.array([colour for _, _, colour in synthetic.CATEGORIES], np.float32
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp('shapes')), num_train=16, num_val=10, seed=0)
+def root(shapes_dataset):
+  return shapes_dataset(16, 10)
 
 
 def make_config(root, **data):
@@ -213,6 +213,7 @@ def test_iterator_checkpoint_resumes_exactly(root, tmp_path):
     np.testing.assert_array_equal(a['image_id'], b['image_id'])
 
 
+@pytest.mark.devices(8)
 def test_to_global_shards_over_data(root):
   config = make_config(root)
   config.train.batch_size = 8

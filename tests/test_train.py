@@ -20,10 +20,8 @@ from fcos_jax.model import fcos
 
 
 @pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('shapes'))
-  synthetic.generate(root, num_train=24, num_val=8, seed=0)
-  return root
+def data_root(shapes_dataset):
+  return shapes_dataset(24, 8)
 
 
 def tiny_config(data_root, **train):

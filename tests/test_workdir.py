@@ -11,6 +11,8 @@ from fcos_jax import errors
 from fcos_jax import workdir
 from fcos_jax.recipes import shapes
 
+pytestmark = pytest.mark.fast
+
 
 def saved_run(path, config, with_checkpoint=True):
   workdir.remember_config(config, str(path))
