@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 WORKDIR ?= workdirs/shapes
+PYTEST_ARGS ?=  # More pytest arguments for the test targets, e.g. PYTEST_ARGS='-n 2' (pytest-xdist workers).
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	.venv-torch/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	touch $@
 
-.PHONY: demo test test-slow bench gpu-wheels notebook
+.PHONY: demo test test-fast test-slow bench gpu-wheels notebook
 demo: $(VENV)/.installed  ## Generate the shapes dataset, train on CPU, evaluate, print COCO AP.
 	$(VENV)/bin/python train.py --config=configs/shapes.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed  ## The default test suite (CI).
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed  ## The unit tier (tests marked fast) on one device, under 3 minutes: the edit-test loop.
+	FCOS_TEST_DEVICES=1 $(VENV)/bin/python -m pytest -q -m 'fast and not slow' --durations=5 $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed  ## Longer end-to-end tests, not in CI.
-	$(VENV)/bin/python -m pytest -q -m slow
+	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed .venv-torch/.installed  ## The benchmark suite, CPU sizes (python -m benchmarks --gpu on a GPU).
 	$(VENV)/bin/python -m benchmarks

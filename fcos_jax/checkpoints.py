@@ -201,7 +201,7 @@ def config_from_checkpoint(path, config=None):
     return config
   metadata = read_metadata(path)
   if metadata is None:
-    raise config_lib.ConfigError(f'Checkpoint {path} records no config (it predates checkpoint metadata): pass the '
+    raise errors.ConfigError(f'Checkpoint {path} records no config (it predates checkpoint metadata): pass the '
                                  'config it was trained with, e.g. --config=r50_1x.')
   return config_lib.from_dict(metadata['config'])
 

@@ -20,8 +20,8 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from fcos_jax import errors
 from fcos_jax.data import augment_spec
-from fcos_jax.errors import ConfigError
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -310,14 +310,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     raise ValueError(f'uses={uses!r} must be one of {USES}')
   problems = _schema_problems(config)
   if problems:  # The checks below rely on every field being there, with its type.
-    raise ConfigError(_invalid(problems))
+    raise errors.ConfigError(_invalid(problems))
   check = _Checks(leaves(config))
   _check_values(check, config)
   _check_model(check, config)
   _check_data(check, config, trains=uses == 'train', reads_data=uses != 'predict')
   _check_processes(check, config, num_devices, trains=uses == 'train')
   if check.problems:
-    raise ConfigError(_invalid(check.problems))
+    raise errors.ConfigError(_invalid(check.problems))
   return config
 
 
@@ -424,7 +424,7 @@ def _check_data(check, config, trains, reads_data):
          f'data.canvases entry {tuple(canvas)} must be (H, W) multiples of {STRIDES[-1]}')
   try:
     augment_spec.parse(d.augment)
-  except ConfigError as e:
+  except errors.ConfigError as e:
     check.problems.append(str(e))
   need(not d.augment or d.resize_on != 'device',
        "data.augment changes the image sizes, so images are resized on the host: set data.resize_on='host' or 'auto'")
@@ -481,8 +481,8 @@ def recipe_path(name_or_path: str) -> str:
   if os.sep not in name_or_path and os.path.exists(candidate):
     return candidate
   name = os.path.splitext(os.path.basename(name_or_path))[0]
-  raise ConfigError(f'No config file {name_or_path!r} and no recipe of that name{_did_you_mean(name, recipe_names())}'
-                    f'; recipes: {", ".join(recipe_names())}')
+  raise errors.ConfigError(f'No config file {name_or_path!r} and no recipe of that name'
+                           f'{_did_you_mean(name, recipe_names())}; recipes: {", ".join(recipe_names())}')
 
 
 def override_path(arg: str) -> str | None:
@@ -501,7 +501,7 @@ def _load_file(path):
     loader.exec_module(module)
     return module.get_config()
   except Exception as e:  # The user's code: whatever it raises is reported as a problem of that file.
-    raise ConfigError(f'Config file {path}: {type(e).__name__}: {e}') from e
+    raise errors.ConfigError(f'Config file {path}: {type(e).__name__}: {e}') from e
 
 
 def _override_problem(arg, schema):
@@ -522,7 +522,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] 
   problems = [_override_problem(arg, schema) for arg in overrides if override_path(arg)]
   problems = [p for p in problems if p]
   if problems:
-    raise ConfigError('\n'.join(problems))
+    raise errors.ConfigError('\n'.join(problems))
   argv = ['fcos', *overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_dict('config', config, flag_values=values, sys_argv=argv, lock_config=True)
@@ -530,7 +530,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str] 
     values(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     message = str(e)[len('flag '):] if str(e).startswith('flag ') else str(e)
-    raise ConfigError(message) from e
+    raise errors.ConfigError(message) from e
   return config
 
 

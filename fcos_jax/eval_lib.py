@@ -209,10 +209,10 @@ class Evaluator:
     replicated, so process 0 writes the files and runs COCOeval (eval.backend). Unreadable images
     (data.skip_bad_images) get no detections but count: their ground truth is missed.
     """
-    num_pictures = self.options.num_images_to_draw if writer is not None and jax.process_index() == 0 else 0
+    num_pictures = self.options.num_images_to_draw if writer is not None and runtime.is_main_process() else 0
     results, image_ids, num_unreadable, pictures = self._predict(
         jax.device_put(variables, runtime.replicated(self.mesh)), num_pictures)
-    if jax.process_index() != 0:
+    if not runtime.is_main_process():
       return {}
     suffix = '' if step is None else f'_step{step}'
     os.makedirs(workdir, exist_ok=True)
@@ -260,7 +260,7 @@ class Evaluator:
       num_unreadable += int(unreadable.sum())
       if len(pictures) < num_pictures:
         pictures.extend(self._draw(out, batch, num_pictures - len(pictures)))
-      if jax.process_index() == 0:
+      if runtime.is_main_process():
         rate = len(image_ids) / max(time.perf_counter() - start, 1e-9)
         progress.show(sys.stdout, 'evaluating', done, info.num_batches,
                       f'{done}/{info.num_batches} batches, {len(image_ids)} images, {rate:.1f} img/s')
@@ -274,7 +274,7 @@ class Evaluator:
       pending, dispatched = (out, batch), dispatched + 1
     if pending is not None:
       collect(*pending, dispatched)
-    if jax.process_index() == 0:
+    if runtime.is_main_process():
       print(flush=True)
     return results, image_ids, num_unreadable, pictures
 
@@ -316,8 +316,8 @@ class SlicedEvaluator(Evaluator):
                sliced: 'slicing.Slicing', class_names: Sequence[str] | None = None):
     from fcos_jax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
     if jax.process_count() > 1:
-      raise config_lib.ConfigError('Sliced evaluation runs in one process: start it without '
-                                   'train.coordinator_address or distributed_auto.')
+      raise errors.ConfigError('Sliced evaluation runs in one process: start it without '
+                             'train.coordinator_address or distributed_auto.')
     self.source, self.config, self.sliced = sources.make_source(config), config, sliced
     super().__init__(config, model, mesh, class_names, self.source)
 

@@ -20,6 +20,7 @@ import numpy as np
 from fcos_jax import checkpoints, errors, inference
 from fcos_jax import config as config_lib
 from fcos_jax import slicing as slicing_lib
+from fcos_jax.data import categories
 from fcos_jax.model import fcos
 
 
@@ -106,8 +107,7 @@ class Predictor:
     config_lib.validate(config, num_devices=1, uses='predict')
     num_classes = config.model.num_classes
     self.config = config
-    self.class_names = list(class_names or [f'class_{i}' for i in range(num_classes)])
-    self.category_ids = list(category_ids or range(num_classes))
+    self.class_names, self.category_ids = categories.name_classes(num_classes, class_names, category_ids)
     for what, values in (('class_names', self.class_names), ('category_ids', self.category_ids)):
       if len(values) != num_classes:
         raise ValueError(f'{len(values)} {what} for model.num_classes={num_classes}')

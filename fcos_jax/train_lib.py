@@ -69,7 +69,7 @@ def make_train_step(model: nn.Module, config: ml_collections.ConfigDict, tx: opt
     images = fcos.normalize_images(micro['image'], micro['size'], m.pixel_mean, m.pixel_std)
 
     def loss_fn(p):
-      outputs = model.apply({'params': p, 'frozen': frozen}, images, train=True, extent=micro['extent'])
+      outputs = model.apply({'params': p, 'frozen': frozen}, images, extent=micro['extent'])
       parts = losses.fcos_loss(outputs, tg, config.loss, norms, inside)
       return parts['loss'], {name: v for name, v in parts.items() if name != 'num_pos'}
 

@@ -12,6 +12,7 @@ import ml_collections
 
 from fcos_jax import atomic
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax import runtime
 
 CONFIG_FILE = 'config.json'
@@ -43,7 +44,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path) as f:
       differences = resume_differences(json.load(f), config)
     if differences:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f'{workdir} holds checkpoints of a run with another model, assignment or data shape; resuming would '
           f'mix them. Use a new --workdir, or the saved values ({path}):\n  ' + '\n  '.join(differences))
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax import eval_lib, train_lib
 from fcos_jax.model import fcos
 from test_train import data_root, tiny_config  # noqa: F401  (data_root is a fixture)
@@ -127,5 +128,5 @@ def test_best_metric_must_be_a_coco_metric_or_empty():
   config.train.best_metric = ''
   config_lib.validate(config)  # Empty: no best checkpoint.
   config.train.best_metric = 'mAP'
-  with pytest.raises(config_lib.ConfigError, match="train.best_metric='mAP' must be one of '', 'AP', 'AP50'.*'ARl'"):
+  with pytest.raises(errors.ConfigError, match="train.best_metric='mAP' must be one of '', 'AP', 'AP50'.*'ARl'"):
     config_lib.validate(config)

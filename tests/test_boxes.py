@@ -4,8 +4,11 @@ import hypothesis
 import hypothesis.strategies as st
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fcos_jax import boxes
+
+pytestmark = pytest.mark.fast
 
 
 def test_ltrb_round_trip_and_decoding():

@@ -10,6 +10,8 @@ from fcos_jax import config as config_lib
 from fcos_jax.data import categories
 from fcos_jax.recipes import r50_dcn_1x, shapes
 
+pytestmark = pytest.mark.fast
+
 
 def test_config_round_trips_through_json_types():
   config = r50_dcn_1x.get_config()

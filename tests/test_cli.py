@@ -198,7 +198,7 @@ def test_config_arguments_in_every_form(tmp_path):
 
 
 def problem(load):
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     load()
   return str(e.value)
 

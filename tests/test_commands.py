@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcos_jax import atomic, checkpoints, predict
+from fcos_jax import atomic, predict
 from fcos_jax.data import categories
-from fcos_jax.model import fcos
-from tests.test_convert import fake_state, ppdet_fcos, write_pdparams
-from tests.test_predict import picture, tiny_config
+from tests.test_predict import picture
 
 BIN = os.path.dirname(sys.executable)
 SMALL = ['--config.data.eval_short_size=128', '--config.data.max_size=128', '--config.data.canvases=((128, 128),)']
@@ -53,13 +51,9 @@ def assert_user_error(cwd, command, *args, message):
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def tiny(tiny_checkpoint):
   """A checkpoint of the tiny model whose config names a relative data.root to generate ('data/shapes')."""
-  config = tiny_config()
-  variables = fcos.init_variables(fcos.build_model(config.model), 0)
-  path = tmp_path_factory.mktemp('ckpt') / 'tiny'
-  checkpoints.save_variables(str(path), variables, checkpoints.make_metadata(config, ['a', 'b', 'c'], [1, 2, 3]))
-  return path
+  return tiny_checkpoint
 
 
 @pytest.fixture()
@@ -146,13 +140,9 @@ def test_atomic_outputs_leave_nothing_on_failure(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def converted(tmp_path_factory):
+def converted(converted_checkpoint):
   """fcos-convert of a Paddle FCOS R50 state dict of seeded random values: a checkpoint with no dataset recorded."""
-  folder = tmp_path_factory.mktemp('converted')
-  write_pdparams(folder / 'fcos.pdparams', fake_state(ppdet_fcos()))
-  proc = run('fcos-convert', 'paddle', 'fcos.pdparams', 'ck', '--arch', 'fcos_r50', cwd=folder)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return folder / 'ck'
+  return converted_checkpoint
 
 
 def coco_folder(root):

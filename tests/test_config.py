@@ -7,12 +7,15 @@ import os
 import pytest
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax.model import resnet
 from fcos_jax.recipes import shapes
 
+pytestmark = pytest.mark.fast
+
 
 def problems_of(config, num_devices=None):
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     config_lib.validate(config, num_devices)
   return str(e.value)
 
@@ -143,7 +146,7 @@ def test_recipe_path_by_name_or_path(tmp_path):
   own = tmp_path / 'mine.py'
   own.write_text('')
   assert config_lib.recipe_path(str(own)) == str(own)
-  with pytest.raises(config_lib.ConfigError, match=r"No config file 'r50-1x' .*\(did you mean r50_1x\?\)"):
+  with pytest.raises(errors.ConfigError, match=r"No config file 'r50-1x' .*\(did you mean r50_1x\?\)"):
     config_lib.recipe_path('r50-1x')
-  with pytest.raises(config_lib.ConfigError, match='No config file'):
+  with pytest.raises(errors.ConfigError, match='No config file'):
     config_lib.recipe_path(str(tmp_path))  # A directory is not a config file.

@@ -154,17 +154,17 @@ def write_pdparams(path, state):
     pickle.dump({**state, paddle.NAME_TABLE_KEY: table}, f, protocol=4)
 
 
-def test_paddle_r50_cli_round_trip(tmp_path):
+def test_paddle_r50_cli_round_trip(converted_checkpoint):
+  """`fcos-convert paddle` run as a user runs it (conftest.py's converted_checkpoint) on fake_state(ppdet_fcos())."""
   entries = ppdet_fcos()
   assert len(entries) == 324  # As in the released fcos_r50_fpn_1x_coco.pdparams.
   state = fake_state(entries)
-  write_pdparams(tmp_path / 'fcos.pdparams', state)
-  fcos_convert.main(['paddle', str(tmp_path / 'fcos.pdparams'), str(tmp_path / 'ckpt'), '--arch', 'fcos_r50'])
+  path = str(converted_checkpoint)
   abstract = convert.abstract_variables(convert.model_config('fcos_r50'))
-  assert_landed(checkpoints.load_variables(str(tmp_path / 'ckpt'), abstract), entries, state)
+  assert_landed(checkpoints.load_variables(path, abstract), entries, state)
   # The checkpoint carries what evaluation needs: the model and Paddle-exact post-processing, COCO's classes.
-  metadata = checkpoints.read_metadata(str(tmp_path / 'ckpt'))
-  config = checkpoints.config_from_checkpoint(str(tmp_path / 'ckpt'))
+  metadata = checkpoints.read_metadata(path)
+  config = checkpoints.config_from_checkpoint(path)
   assert config.model == convert.model_config('fcos_r50') and config.postprocess.method == 'paddle'
   assert (config.data.pad_stride, config.data.pad_group) == (128, 2)
   assert metadata['class_names'][:3] == ['person', 'bicycle', 'car'] and len(metadata['class_names']) == 80

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax.data import augment, augment_spec, decoding, pipeline, transforms
 
 import augment_reference as ref
@@ -162,7 +163,7 @@ def test_chained_ops_keep_the_boxes_on_the_pixels():
 ])
 def test_bad_specs_are_named_in_one_line(spec, message):
   config = make_config('/data', augment=spec)
-  with pytest.raises(config_lib.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     config_lib.validate(config)
   assert message in str(error.value) and str(error.value).count('\n') == 0
   assert spec in str(error.value)
@@ -176,7 +177,7 @@ def test_spec_from_the_command_line_and_device_resize():
   assert parsed[1][1] == dict(ratio=2, prob=0.5, fill_value=(127.5, 127.5, 127.5))
   assert parsed[2][1]['thresholds'] == (0.3, 0.5) and parsed[2][1]['num_attempts'] == 50
   config.data.resize_on = 'device'
-  with pytest.raises(config_lib.ConfigError, match="set data.resize_on='host' or 'auto'"):
+  with pytest.raises(errors.ConfigError, match="set data.resize_on='host' or 'auto'"):
     config_lib.validate(config)
 
 
@@ -216,7 +217,7 @@ def test_training_batches_are_augmented_where_their_boxes_say(root):  # noqa: F8
 def test_augmented_training_is_deterministic_and_resumes_exactly(root, tmp_path):  # noqa: F811
   config = make_config(root, augment=AUGMENT)
   batch_iterator = iter(pipeline.make_train_dataset(config))
-  first = take(batch_iterator, 2)
+  take(batch_iterator, 2)  # The iterator is saved after two batches.
   path = tf.train.Checkpoint(iterator=batch_iterator).write(str(tmp_path / 'data'))
   expected = take(batch_iterator, 3)
   restored = iter(pipeline.make_train_dataset(config))

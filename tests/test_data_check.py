@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from fcos_jax.commands import train as fcos_train
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax import train_lib
 from fcos_jax.data import check
 from fcos_jax.data import decoding
@@ -30,8 +31,8 @@ def _json_path(root, split='train'):
 
 
 @pytest.fixture(scope='module')
-def clean(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp('clean')), num_train=12, num_val=2)
+def clean(shapes_dataset):
+  return shapes_dataset(12, 2)
 
 
 @pytest.fixture(scope='module')
@@ -225,7 +226,7 @@ def test_an_incompatible_resume_stops_before_the_check(broken, tmp_path, capsys)
   saved.model.fpn_channels = 128
   os.makedirs(workdir / 'checkpoints' / '400')
   (workdir / 'config.json').write_text(saved.to_json())
-  with pytest.raises(config_lib.ConfigError, match='model.fpn_channels: 128 in the saved run, 256 now'):
+  with pytest.raises(errors.ConfigError, match='model.fpn_channels: 128 in the saved run, 256 now'):
     train_lib.train_and_evaluate(_check_first_config(broken[0]), str(workdir))
   assert capsys.readouterr().out == ''  # No report: not one image was read.
 

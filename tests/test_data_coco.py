@@ -16,6 +16,8 @@ from fcos_jax.data import decoding
 from fcos_jax.data import sources
 from fcos_jax.data import synthetic
 
+pytestmark = pytest.mark.fast
+
 tf.config.set_visible_devices([], 'GPU')
 
 

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax import runtime
 from fcos_jax.data import iterator
 from fcos_jax.data import pipeline
@@ -25,8 +26,8 @@ COLOURS = np.array([colour for _, _, colour in synthetic.CATEGORIES], np.float32
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp('shapes')), num_train=16, num_val=10, seed=0)
+def root(shapes_dataset):
+  return shapes_dataset(16, 10)
 
 
 def make_config(root, **data):
@@ -212,6 +213,7 @@ def test_iterator_checkpoint_resumes_exactly(root, tmp_path):
     np.testing.assert_array_equal(a['image_id'], b['image_id'])
 
 
+@pytest.mark.devices(8)
 def test_to_global_shards_over_data(root):
   config = make_config(root)
   config.train.batch_size = 8
@@ -332,7 +334,7 @@ def test_eval_on_fewer_categories_leaves_the_other_classes_unscored(root, tmp_pa
   config = relabelled(root, tmp_path, [(c, c, name) for c, name, _ in synthetic.CATEGORIES if name != 'cross'])
   _, info = pipeline.make_eval_dataset(config, class_names=NAMES)
   assert info.label_to_category == (1, 3, 7, -1, 12)
-  with pytest.raises(config_lib.ConfigError, match=r"Split 'val' has 4 categories \(rectangle, ellipse, triangle, "
+  with pytest.raises(errors.ConfigError, match=r"Split 'val' has 4 categories \(rectangle, ellipse, triangle, "
                      r"diamond\) but model.num_classes is 5: set --config.model.num_classes=4\."):
     pipeline.make_eval_dataset(config)  # Names unknown: positions need every category.
 
@@ -340,13 +342,13 @@ def test_eval_on_fewer_categories_leaves_the_other_classes_unscored(root, tmp_pa
 def test_eval_stops_on_categories_the_model_does_not_know(root, tmp_path):
   config = relabelled(root, tmp_path, [(c, c, 'hexagon' if name == 'diamond' else name)
                                        for c, name, _ in synthetic.CATEGORIES])
-  with pytest.raises(config_lib.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     pipeline.make_eval_dataset(config, class_names=NAMES)
   assert str(error.value).splitlines() == [
       "Split 'val': The dataset's categories do not match the model's classes by name:",
       "  dataset categories the model does not know (1): 12 'hexagon'; the model knows: rectangle, ellipse, "
       'triangle, cross, diamond']
-  with pytest.raises(config_lib.ConfigError, match=r"The model has 4 classes \(rectangle, ellipse, triangle, cross: the "
+  with pytest.raises(errors.ConfigError, match=r"The model has 4 classes \(rectangle, ellipse, triangle, cross: the "
                      r"categories of its training split 'train', or of its checkpoint\) but model.num_classes is 5: "
                      r"set --config.model.num_classes=4\."):
     pipeline.make_eval_dataset(make_config(root), class_names=NAMES[:4])

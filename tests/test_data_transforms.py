@@ -9,6 +9,8 @@ import tensorflow as tf
 from fcos_jax.data import transforms
 import opencv_linear
 
+pytestmark = pytest.mark.fast
+
 tf.config.set_visible_devices([], 'GPU')
 
 

@@ -397,13 +397,13 @@ def test_the_dataset_check_reads_voc_and_yolo_folders(layouts, tmp_path):
 def test_config_checks_for_the_folder_sources():
   config = small_config('voc', '')
   config.data.train_images = 'imgs'
-  with pytest.raises(config_lib.ConfigError) as error:
+  with pytest.raises(errors.ConfigError) as error:
     config_lib.validate(config)
   assert "data.root is empty: set it to a Pascal VOC folder (or data.source='tfds')" in str(error.value)
   assert "data.train_images='imgs' is not used by data.source='voc': leave it empty" in str(error.value)
   config = small_config('yolo', 'x')
   config.data.val_annotations = 'a.json'
-  with pytest.raises(config_lib.ConfigError, match="data.val_annotations='a.json' is not used by data.source='yolo'"):
+  with pytest.raises(errors.ConfigError, match="data.val_annotations='a.json' is not used by data.source='yolo'"):
     config_lib.validate(config)
 
 

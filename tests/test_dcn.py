@@ -11,6 +11,8 @@ from jax.test_util import check_grads
 
 from fcos_jax.model.dcn import DeformConv2d, deform_conv2d
 
+pytestmark = pytest.mark.fast
+
 
 def out_size(size, k, stride, padding, dilation):
   return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1

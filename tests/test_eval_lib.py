@@ -166,10 +166,10 @@ def test_fewer_categories_score_the_others_as_on_the_full_dataset(gt_path, tmp_p
 
 
 @pytest.fixture(scope='module')
-def shapes_checkpoint(tmp_path_factory):
+def shapes_checkpoint(shapes_dataset, tmp_path_factory):
   """A tiny random model of the generated dataset's 5 classes, saved with and without its class names, and the
   dataset (2 val images)."""
-  root = synthetic.generate(str(tmp_path_factory.mktemp('shapes')), num_train=2, num_val=2, seed=0)
+  root = shapes_dataset(2, 2)
   config = tiny_config()
   config.model.num_classes = 5
   config.data.update(dict(root=root, generate_synthetic=False))
@@ -233,10 +233,10 @@ def test_evaluate_maps_by_position_when_the_checkpoint_has_no_class_names(shapes
                                      '--config.model.num_classes=4.')
 
 
-def test_evaluate_dispatches_the_next_batch_before_fetching_the_last(tmp_path, monkeypatch):
+def test_evaluate_dispatches_the_next_batch_before_fetching_the_last(shapes_dataset, tmp_path, monkeypatch):
   """One batch in flight: batch i + 1 is on the device before batch i's detections are fetched; the results are
   those of every batch."""
-  root = synthetic.generate(str(tmp_path / 'data'), num_train=1, num_val=9, seed=0)  # Two batches of 8.
+  root = shapes_dataset(1, 9)  # Two batches of 8.
   config = tiny_config()
   config.model.num_classes = 5
   config.data.update(dict(root=root, generate_synthetic=False))

@@ -17,7 +17,6 @@ import pytest
 
 from fcos_jax import checkpoints, eval_lib
 from fcos_jax.data import iterator
-from fcos_jax.data import synthetic
 from fcos_jax.model import fcos
 from fcos_jax.recipes import shapes
 from test_train import scalars
@@ -32,8 +31,8 @@ TINY = ['--config.data.generate_synthetic=false', '--config.data.short_sizes=(12
 
 
 @pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp('shapes')), num_train=16, num_val=6, seed=0)
+def data_root(shapes_dataset):
+  return shapes_dataset(16, 6)
 
 
 def copy_of(root, tmp_path):

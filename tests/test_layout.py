@@ -4,7 +4,11 @@ imports a command, and no import circle, counting imports inside functions too."
 import ast
 import os
 
+import pytest
+
 import fcos_jax
+
+pytestmark = pytest.mark.fast
 
 PACKAGE = os.path.dirname(fcos_jax.__file__)
 

@@ -9,6 +9,8 @@ import pytest
 from fcos_jax import losses
 from fcos_jax.targets import Targets
 
+pytestmark = pytest.mark.fast
+
 
 def np_sigmoid(x):
   return 1 / (1 + np.exp(-x))

@@ -20,6 +20,7 @@ def tiny_model_config(**kw):
   return m
 
 
+@pytest.mark.fast
 def test_r50_parameter_count_and_output_shapes():
   model = fcos.build_model(get_config().model)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
@@ -31,6 +32,7 @@ def test_r50_parameter_count_and_output_shapes():
   assert len(locations.make_points((896, 1408), (8, 16, 32, 64, 128), (64, 128, 256, 512)).xy) == 26_257
 
 
+@pytest.mark.fast
 def test_frozen_collection_holds_stem_res2_and_every_bn():
   model = fcos.build_model(get_config().model)
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
@@ -69,6 +71,7 @@ def test_points_match_model_outputs_on_odd_canvas(tiny):
   assert out['reg'].shape[1] == len(pts.xy)
 
 
+@pytest.mark.fast
 def test_conv_pads_symmetrically_at_stride_two():
   x = jax.random.normal(jax.random.key(0), (1, 9, 8, 2))
   conv = Conv2d(3, 3, 2, use_bias=True)
@@ -83,6 +86,7 @@ def test_conv_pads_symmetrically_at_stride_two():
   np.testing.assert_allclose(got, ref + np.asarray(v['params']['bias']), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize('stride,size', [(1, (6, 5)), (2, (9, 8)), (2, (8, 7))])
 def test_pointwise_conv_matches_numpy_and_its_gradients_match_lax_conv(stride, size):
   x = jax.random.normal(jax.random.key(0), (2, *size, 3))
@@ -103,6 +107,7 @@ def test_pointwise_conv_matches_numpy_and_its_gradients_match_lax_conv(stride, s
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast
 def test_frozen_batch_norm_formula():
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
   stats = {'scale': jnp.array([1., 2, 3, 4]), 'bias': jnp.array([0., 1, 2, 3]),
@@ -113,6 +118,7 @@ def test_frozen_batch_norm_formula():
   np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.fast
 def test_normalize_images_zeroes_the_padding():
   images = jnp.full((2, 8, 8, 3), 255, jnp.uint8)
   sizes = jnp.array([[8, 8], [5, 3]])
@@ -133,6 +139,7 @@ def test_one_trace_per_input_shape(tiny):
     forward(variables, jnp.zeros(shape))
 
 
+@pytest.mark.fast
 def test_group_norm_backbone_trains_from_scratch():
   model = fcos.build_model(tiny_model_config(backbone_norm='group_norm', freeze_at=-1))
   variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 128, 128, 3)))
@@ -140,6 +147,7 @@ def test_group_norm_backbone_trains_from_scratch():
   assert variables['params']['backbone']['conv1']['norm']['scale'].shape == (8,)
 
 
+@pytest.mark.fast
 def test_dcn_r50_parameter_count_and_seed_recipes():
   from fcos_jax.recipes import r50_dcn_1x, r50_ms_2x
   model = fcos.build_model(r50_dcn_1x.get_config().model)

@@ -13,6 +13,7 @@ from fcos_jax import checkpoints, convert, optim
 from fcos_jax.convert import paddle as paddle_convert
 
 
+@pytest.mark.fast
 def test_schedule_warmup_and_drops():
   c = get_config()
   c.train.batch_size = 8  # lr scales linearly: 0.01 * 8 / 16.
@@ -32,6 +33,7 @@ def params_tree():
               'p3_feat': {'scale_reg': jnp.array(2.0)}}}
 
 
+@pytest.mark.fast
 def test_first_two_updates_match_hand_computation():
   c = get_config()
   c.optimizer.warmup_steps = 0

@@ -61,6 +61,7 @@ def picture(h, w, seed):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+@pytest.mark.fast
 def test_reference_extent_rounds_each_image_or_group_up():
   sizes = jnp.asarray([[100, 150], [130, 90], [0, 0], [256, 1]])
   np.testing.assert_array_equal(fcos.reference_extent(sizes, 32), [[128, 160], [160, 96], [0, 0], [256, 32]])
@@ -68,6 +69,7 @@ def test_reference_extent_rounds_each_image_or_group_up():
                                 [[256, 256], [256, 256], [256, 128], [256, 128]])
 
 
+@pytest.mark.fast
 def test_inside_extent_keeps_the_points_of_the_extent_canvas():
   points = locations.make_points((256, 384), STRIDES, (64, 128, 256, 512))
   inside = np.asarray(locations.inside_extent(points, jnp.asarray([[128, 160], [256, 384], [0, 0]])))
@@ -76,6 +78,7 @@ def test_inside_extent_keeps_the_points_of_the_extent_canvas():
   assert inside[1].all() and not inside[2].any()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_group_norm_statistics_over_the_extent_match_numpy(dtype):
   x = jax.random.normal(jax.random.key(0), (3, 9, 11, 8)) * 3 + 1
@@ -97,6 +100,7 @@ def test_group_norm_statistics_over_the_extent_match_numpy(dtype):
                              np.asarray(whole, np.float32), rtol=tol, atol=tol)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize('stride', [1, 2])
 def test_deformable_conv_on_a_bigger_canvas_equals_the_extent_canvas(stride):
   layer = DeformConv2d(6, 3, stride, use_bias=True)

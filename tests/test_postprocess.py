@@ -12,6 +12,8 @@ import pytest
 from fcos_jax.config import get_config
 from fcos_jax import boxes, locations, postprocess
 
+pytestmark = pytest.mark.fast
+
 CANVAS = (64, 96)  # P = 8*12 + 4*6 + 2*3 + 1*2 + 1*1 = 129 points.
 STRIDES = (8, 16, 32, 64, 128)
 BOUNDS = (64.0, 128.0, 256.0, 512.0)

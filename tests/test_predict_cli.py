@@ -10,20 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcos_jax import checkpoints, predict
-from fcos_jax.model import fcos
-from tests.test_predict import picture, tiny_config
+from fcos_jax import predict
+from tests.test_predict import picture
 
-NAMES, IDS = ['cat', 'dog', 'bird'], [17, 18, 16]
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  config = tiny_config()
-  variables = fcos.init_variables(fcos.build_model(config.model), 0)
-  path = tmp_path_factory.mktemp('ckpt') / 'tiny'
-  checkpoints.save_variables(str(path), variables, checkpoints.make_metadata(config, NAMES, IDS))
-  return path
+NAMES, IDS = ['cat', 'dog', 'bird'], [17, 18, 16]  # The classes tiny_checkpoint (conftest.py) records.
 
 
 def run(args, cwd):
@@ -33,7 +23,7 @@ def run(args, cwd):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
+def test_predict_command_draws_and_writes_results(tiny_checkpoint, tmp_path):
   folder = tmp_path / 'photos'
   (folder / 'sub').mkdir(parents=True)
   Image.fromarray(picture(120, 200, 1)).save(folder / 'wide.jpg')
@@ -41,8 +31,9 @@ def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
   (folder / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
   Image.fromarray(picture(20, 30, 3)).save(tmp_path / 'tiny.png')
   out = tmp_path / 'out'
-  proc = run([str(folder), str(tmp_path / '*.png'), str(tmp_path / 'nothing*.jpg'), '--checkpoint', str(checkpoint),
-              '--out', str(out), '--per-image-json', '--threshold', '0.0', '--batch-size', '2'], cwd=tmp_path)
+  proc = run([str(folder), str(tmp_path / '*.png'), str(tmp_path / 'nothing*.jpg'), '--checkpoint',
+              str(tiny_checkpoint), '--out', str(out), '--per-image-json', '--threshold', '0.0', '--batch-size', '2'],
+             cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'broken.jpg: truncated JPEG' in proc.stderr and 'nothing*.jpg: no such file' in proc.stderr
   assert 'skipped 2 unreadable input(s)' in proc.stdout and '3 images' in proc.stdout
@@ -59,7 +50,7 @@ def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
   files = [im['file_name'] for im in images]
   assert [os.path.basename(f) for f in files] == ['tall_gray.png', 'wide.jpg', 'tiny.png']  # Sorted per argument.
   assert {r['category_id'] for r in results} <= set(IDS)
-  want = predict.Predictor.from_checkpoint(str(checkpoint), batch_size=2).predict(files)
+  want = predict.Predictor.from_checkpoint(str(tiny_checkpoint), batch_size=2).predict(files)
   for im, pred in zip(images, want):
     mine = [r for r in results if r['image_id'] == im['id']]
     assert len(mine) == len(pred.scores) and (im['height'], im['width']) == pred.image_size
@@ -71,8 +62,8 @@ def test_predict_command_draws_and_writes_results(checkpoint, tmp_path):
   assert len(per_image['detections']) == len(want[0].scores)
 
 
-def test_predict_command_fails_clearly(checkpoint, tmp_path):
-  proc = run(['missing/*.jpg', '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'out')], cwd=tmp_path)
+def test_predict_command_fails_clearly(tiny_checkpoint, tmp_path):
+  proc = run(['missing/*.jpg', '--checkpoint', str(tiny_checkpoint), '--out', str(tmp_path / 'out')], cwd=tmp_path)
   assert proc.returncode == 2 and not (tmp_path / 'out').exists()
   assert proc.stderr == 'fcos-predict: error: no images to read: missing/*.jpg name no file, folder or matching image\n'
   (tmp_path / 'a.png').write_bytes(b'')

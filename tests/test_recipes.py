@@ -13,6 +13,8 @@ import pytest
 from fcos_jax import config as config_lib
 from fcos_jax.recipes import r50_iou_1x, r50_iou_ms_2x
 
+pytestmark = pytest.mark.fast
+
 # Shared by both YAMLs (their FCOSHead, Gt2FCOSTarget, reader and ResNet/FPN sections).
 COMMON = {
     'model.depth': 50,  # ResNet depth: 50

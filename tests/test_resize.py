@@ -8,9 +8,11 @@ import pytest
 import tensorflow as tf
 
 from fcos_jax import resize
-from fcos_jax.data import pipeline, sources, synthetic, transforms
+from fcos_jax.data import pipeline, sources, transforms
 import opencv_linear
 from test_data_pipeline import make_config, take
+
+pytestmark = pytest.mark.fast
 
 CANVAS = (512, 512)  # Holds both orientations.
 # (h, w) originals: down- and up-scaled, extreme aspect ratios, one pixel wide or high, sides whose s * dim rounds.
@@ -76,8 +78,8 @@ def test_device_resize_names_an_image_that_does_not_fit():
 
 
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp('shapes')), num_train=16, num_val=10, seed=0)
+def root(shapes_dataset):
+  return shapes_dataset(16, 10)
 
 
 def device_canvases(batch):

@@ -13,13 +13,14 @@ import tensorflow as tf
 
 from fcos_jax.data import synthetic
 
+pytestmark = pytest.mark.fast
+
 tf.config.set_visible_devices([], 'GPU')
 
 
 @pytest.fixture(scope='module')
-def generated(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('shapes'))
-  return synthetic.generate(root, num_train=20, num_val=6, seed=0)
+def generated(shapes_dataset):
+  return shapes_dataset(20, 6)
 
 
 def _files(root):

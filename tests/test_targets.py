@@ -12,6 +12,8 @@ import pytest
 
 from fcos_jax import locations, targets
 
+pytestmark = pytest.mark.fast
+
 CANVAS = (256, 384)
 STRIDES = (8, 16, 32, 64, 128)
 BOUNDS = (64.0, 128.0, 256.0, 512.0)

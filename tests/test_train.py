@@ -14,15 +14,14 @@ from fcos_jax.recipes import shapes
 from fcos_jax import checkpoints, eval_lib, train_lib
 from fcos_jax.commands import train as fcos_train
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax.data import annotations, synthetic
 from fcos_jax.model import fcos
 
 
 @pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp('shapes'))
-  synthetic.generate(root, num_train=24, num_val=8, seed=0)
-  return root
+def data_root(shapes_dataset):
+  return shapes_dataset(24, 8)
 
 
 def tiny_config(data_root, **train):
@@ -135,7 +134,7 @@ def test_val_categories_the_model_does_not_know_stop_training_before_it_starts(d
       "  dataset categories the model does not know (1): 12 'hexagon'; the model knows: rectangle, ellipse, "
       "triangle, cross, diamond"]
   assert 'step' not in captured.out and not os.path.exists(tmp_path / 'w' / 'checkpoints')  # Before any step.
-  with pytest.raises(config_lib.ConfigError, match="12 'hexagon'"):
+  with pytest.raises(errors.ConfigError, match="12 'hexagon'"):
     fcos_train.main([*args, '--verbose'])
 
 

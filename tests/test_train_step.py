@@ -64,6 +64,7 @@ def two_steps_each():
   return run_steps(config, jax.devices()[:1], batches), run_steps(config, jax.devices(), batches)
 
 
+@pytest.mark.devices(8)
 def test_sharded_step_equals_single_device_step(two_steps_each):
   (single, m1, _), (sharded, m8, _) = two_steps_each
   assert int(single.step) == int(sharded.step) == 2
@@ -132,7 +133,7 @@ def relative_differences(a, b):
 
 
 @pytest.mark.parametrize('clamp', [True, False])
-@pytest.mark.parametrize('num_devices, batch_size', [(1, 8), (8, 32)])
+@pytest.mark.parametrize('num_devices, batch_size', [(1, 8), pytest.param(8, 32, marks=pytest.mark.devices(8))])
 def test_grad_accumulation_equals_the_one_shot_update(clamp, num_devices, batch_size):
   """k=4 micro-batches give the parameters of k=1 on the same global batches after 3 steps (global normalisers)."""
   batches = [random_batch(seed, batch=batch_size, canvas=(128, 128)) for seed in range(3)]

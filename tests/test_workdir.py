@@ -7,8 +7,11 @@ import os
 import pytest
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax import workdir
 from fcos_jax.recipes import shapes
+
+pytestmark = pytest.mark.fast
 
 
 def saved_run(path, config, with_checkpoint=True):
@@ -44,7 +47,7 @@ def test_incompatible_resume_lists_every_difference(tmp_path):
   other.model.depth, other.assign.center_radius, other.loss.quality = 34, 2.5, 'iou'
   other.data.canvases, other.data.max_boxes, other.train.batch_size = ((256, 256),), 16, 16
   other.train.num_steps = 1600  # Allowed, so not listed.
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     workdir.remember_config(other, str(tmp_path))
   assert str(e.value).splitlines()[1:] == [
       '  assign.center_radius: 1.5 in the saved run, 2.5 now',
@@ -80,5 +83,5 @@ def test_the_resume_check_alone_writes_nothing(tmp_path):
   saved_run(tmp_path, shapes.get_config())
   other = shapes.get_config()
   other.model.depth = 34
-  with pytest.raises(config_lib.ConfigError, match='model.depth: 18 in the saved run, 34 now'):
+  with pytest.raises(errors.ConfigError, match='model.depth: 18 in the saved run, 34 now'):
     workdir.check_resume(other, str(tmp_path))

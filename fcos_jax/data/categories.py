@@ -14,3 +14,10 @@ COCO_CLASS_NAMES = (
     'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch', 'potted plant', 'bed', 'dining table', 'toilet',
     'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone', 'microwave', 'oven', 'toaster', 'sink',
     'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush')
+
+
+def name_classes(num_classes, class_names=None, category_ids=None):
+  """(class names, category ids) of a model's `num_classes` classes: those given, else `class_{i}` and `i`, for a
+  model that records none."""
+  return (list(class_names or [f'class_{i}' for i in range(num_classes)]),
+          list(category_ids or range(num_classes)))

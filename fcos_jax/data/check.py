@@ -23,6 +23,7 @@ from PIL import Image
 import tensorflow as tf
 
 from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax.data import annotations, decoding, sources, synthetic
 
 _HEAD, _TAIL = 16, 1024  # Bytes that `decoding.integrity_problem` looks at: the format magic and the end markers.
@@ -59,7 +60,7 @@ KINDS = (
 )
 
 
-class DatasetProblems(config_lib.ConfigError):
+class DatasetProblems(errors.ConfigError):
   """Raised by `stop_on_problems` after it printed the report; the message names the splits and counts. A
   ConfigError: the commands print it as a user error, one line under the report, without a traceback."""
 
@@ -251,8 +252,8 @@ def config_splits(config):
   """The (source, splits) a training run of `config` reads: its train split, and its val split when it evaluates.
   Generates the synthetic dataset first when the config asks for it (as training would)."""
   if config.data.source not in config_lib.FOLDER_SOURCES:
-    raise config_lib.ConfigError(f'The dataset check reads folders (COCO-format, VOC, YOLO); data.source is '
-                                 f'{config.data.source!r}.')
+    raise errors.ConfigError(f'The dataset check reads folders (COCO-format, VOC, YOLO); data.source is '
+                           f'{config.data.source!r}.')
   splits = [config.data.train_split]
   if config.train.final_eval or config.train.eval_every:
     splits.append(config.data.val_split)

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from fcos_jax import config as config_lib
+from fcos_jax import errors
 from fcos_jax.data import annotations, augment, decoding, iterator, sources, transforms
 
 _ESTIMATE_IMAGES = 1000  # Images whose orientation estimates the bucket mix of a TFDS training split.
@@ -66,7 +66,7 @@ def _options(dataset, config):
 def _check_classes(source, split, config):
   n = len(source.category_ids(split))
   if n != config.model.num_classes:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'Split {split!r} has {n} categories ({annotations.listing(list(source.class_names(split)), 20)}) but '
         f'model.num_classes is {config.model.num_classes}: set --config.model.num_classes={n}.')
 
@@ -79,7 +79,7 @@ def _label_to_category(source, split, config, class_names):
     _check_classes(source, split, config)
     return tuple(source.category_ids(split))
   if len(class_names) != config.model.num_classes:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f'The model has {len(class_names)} classes ({annotations.listing(list(class_names), 20)}: the categories of '
         f'its training split {config.data.train_split!r}, or of its checkpoint) but model.num_classes is '
         f'{config.model.num_classes}: set --config.model.num_classes={len(class_names)}.')
@@ -87,7 +87,7 @@ def _label_to_category(source, split, config, class_names):
   try:
     return annotations.label_to_category(class_names, categories)
   except ValueError as e:
-    raise config_lib.ConfigError(f'Split {split!r}: {e}') from e
+    raise errors.ConfigError(f'Split {split!r}: {e}') from e
 
 
 def _bucket_weights(source, config, split, process_count):

@@ -26,6 +26,7 @@ from typing import Sequence
 import ml_collections
 
 from fcos_jax import atomic, errors, locations
+from fcos_jax.data import categories
 from fcos_jax.export import savedmodel, stablehlo
 from fcos_jax.export.serving import PLATFORMS, serving_function
 
@@ -99,8 +100,7 @@ def export(config: ml_collections.ConfigDict, variables: dict, fmt: str, out: st
     raise ValueError(f'format {fmt!r} must be one of {", ".join(FORMATS)}')
   canvas = check_canvas(config, canvas)
   num_classes = config.model.num_classes
-  class_names = class_names or [f'class_{i}' for i in range(num_classes)]
-  category_ids = category_ids or list(range(num_classes))
+  class_names, category_ids = categories.name_classes(num_classes, class_names, category_ids)
   with atomic.directory(out) as staging:
     path = os.path.join(staging, FORMATS[fmt])
     if fmt == 'onnx':

@@ -20,7 +20,7 @@ class FCOS(nn.Module):
   `extent` [N, 2] int32 (h, w) (`reference_extent`): each image is computed as if its canvas were exactly that
   extent (see model/layers.py), whatever the static canvas; the outputs at points inside it equal those of the
   network on a canvas of that size, the others are not meaningful (`locations.inside_extent`). None: the whole
-  canvas, no masking.
+  canvas, no masking. Training and inference compute the same function (frozen BN, no dropout).
   """
   depth: int = 50
   stem_width: int = 64
@@ -38,8 +38,7 @@ class FCOS(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train=False, extent=None):
-    del train  # Frozen BN and no dropout: training and inference compute the same function.
+  def __call__(self, images, extent=None):
     features = ResNet(self.depth, self.stem_width, self.freeze_at, tuple(self.dcn_stages), self.backbone_norm,
                       self.dtype, name='backbone')(images.astype(self.dtype), extent)
     pyramid = FPN(self.fpn_channels, self.dtype, name='neck')(features, extent)
