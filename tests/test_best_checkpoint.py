@@ -98,8 +98,8 @@ def test_the_best_so_far_survives_sigterm_and_resume(data_root, tmp_path, monkey
   config = config_with_evaluations(data_root, num_steps=4, eval_every=1, checkpoint_every=100, final_eval=False)
   evaluate = eval_lib.Evaluator.run
 
-  def evaluate_then_sigterm(self, variables, workdir, step=None):
-    results = evaluate(self, variables, workdir, step)
+  def evaluate_then_sigterm(self, variables, workdir, step=None, writer=None):
+    results = evaluate(self, variables, workdir, step, writer)
     if step == 2:
       os.kill(os.getpid(), signal.SIGTERM)
     return results
