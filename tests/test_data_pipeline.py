@@ -295,7 +295,8 @@ def test_generates_the_synthetic_dataset_when_missing(tmp_path, monkeypatch):
 def test_rejects_a_class_count_mismatch(root):
   config = make_config(root)
   config.model.num_classes = 80
-  with pytest.raises(ValueError, match='5 categories but model.num_classes is 80'):
+  with pytest.raises(ValueError, match=r"Split 'train' has 5 categories \(rectangle, ellipse, triangle, cross, "
+                     r"diamond\) but model.num_classes is 80: set --config.model.num_classes=5\."):
     pipeline.make_train_dataset(config)
 
 
