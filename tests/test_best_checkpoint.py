@@ -18,6 +18,7 @@ from fcos_jax import config as config_lib
 from fcos_jax import errors
 from fcos_jax import eval_lib, train_lib
 from fcos_jax.model import fcos
+from test_input_failures import annotations_from_detections
 from test_train import data_root, tiny_config  # noqa: F401  (data_root is a fixture)
 
 BIN = os.path.dirname(sys.executable)
@@ -59,12 +60,7 @@ def val_truth_from_initial_detections(data_root, tmp_path):  # noqa: F811
   path = os.path.join(root, 'annotations', 'instances_val.json')
   with open(path) as f:
     dataset = json.load(f)
-  dataset['annotations'] = []
-  for image in dataset['images']:
-    top = sorted((r for r in results if r['image_id'] == image['id']), key=lambda r: -r['score'])[:3]
-    dataset['annotations'] += [{'id': len(dataset['annotations']) + 1, 'image_id': image['id'], 'iscrowd': 0,
-                                'category_id': r['category_id'], 'bbox': r['bbox'], 'area': r['bbox'][2] * r['bbox'][3]}
-                               for r in top]
+  dataset['annotations'] = annotations_from_detections(dataset['images'], results)
   with open(path, 'w') as f:
     json.dump(dataset, f)
   return root

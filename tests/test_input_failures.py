@@ -175,6 +175,17 @@ def tiny_config(root, **data):
   return c
 
 
+def annotations_from_detections(images, results, per_image=3):
+  """COCO annotations made of each image's `per_image` best detections in `results`: ground truth on which an
+  untrained model scores an AP above 0."""
+  annotations = []
+  for image in images:
+    top = sorted((r for r in results if r['image_id'] == image['id']), key=lambda r: -r['score'])[:per_image]
+    annotations += [{'id': len(annotations) + 1, 'image_id': image['id'], 'iscrowd': 0, 'category_id': r['category_id'],
+                     'bbox': r['bbox'], 'area': r['bbox'][2] * r['bbox'][3]} for r in top]
+  return annotations
+
+
 def test_an_unreadable_eval_image_counts_as_missed(data_root, tmp_path, capsys):
   """An untrained model, scored against ground truth made of its own top detections (so that AP is above 0):
   with one image unreadable, the metrics are those of the same detections without that image's, over all images."""
@@ -189,12 +200,7 @@ def test_an_unreadable_eval_image_counts_as_missed(data_root, tmp_path, capsys):
   eval_lib.Evaluator(tiny_config(root), model, mesh).run(variables, str(tmp_path / 'good'))
   with open(tmp_path / 'good' / 'results.json') as f:
     results = json.load(f)
-  dataset['annotations'] = []
-  for image in dataset['images']:
-    top = sorted((r for r in results if r['image_id'] == image['id']), key=lambda r: -r['score'])[:3]
-    dataset['annotations'] += [{'id': len(dataset['annotations']) + 1, 'image_id': image['id'], 'iscrowd': 0,
-                                'category_id': r['category_id'], 'bbox': r['bbox'], 'area': r['bbox'][2] * r['bbox'][3]}
-                               for r in top]
+  dataset['annotations'] = annotations_from_detections(dataset['images'], results)
   with open(gt_path, 'w') as f:
     json.dump(dataset, f)
   broken = dataset['images'][2]
